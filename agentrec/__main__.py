@@ -1,0 +1,3 @@
+from agentrec.cli import main
+
+main()

@@ -1,0 +1,227 @@
+"""The ``agentrec`` command line: a thin typer layer over library calls.
+
+Heavy libraries are imported inside the commands, so ``agentrec --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    help="LLMs as session-based recommendation agents, with retrieval.\n\n"
+    "Typical flow: 'agentrec data prepare ml-100k --out data/ml-100k', then "
+    "'agentrec train --model pop --data data/ml-100k --out runs/pop' and 'agentrec evaluate runs/pop'.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Prepare datasets in agentrec's canonical format and inspect them.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+logger = logging.getLogger("agentrec")
+
+
+class DatasetName(str, Enum):
+    ml_100k = "ml-100k"
+    ml_latest_small = "ml-latest-small"
+    recbole = "recbole"
+    amazon2014 = "amazon2014"
+    amazon2018 = "amazon2018"
+    amazon2023 = "amazon2023"
+    m2 = "m2"
+    synthetic = "synthetic"
+
+
+class ProtocolName(str, Enum):
+    leave_one_out = "leave-one-out"
+    semsr = "semsr"
+    gap = "gap"
+    m2 = "m2"
+
+
+class Split(str, Enum):
+    valid = "valid"
+    test = "test"
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def user_errors(func):
+    """Turn expected failures into one clear line on stderr and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from agentrec.data.raw import DataFormatError
+        from agentrec.runs import DatasetMismatchError
+
+        try:
+            return func(*args, **kwargs)
+        except (DataFormatError, DatasetMismatchError, FileNotFoundError, ValueError, RuntimeError) as error:
+            typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+@data_app.command("prepare")
+@user_errors
+def data_prepare(
+    name: Annotated[DatasetName, typer.Argument(help="Source format or bundled dataset.")],
+    out: Annotated[Path, typer.Option(help="Folder to write the prepared dataset to.")],
+    source: Annotated[Optional[Path], typer.Option(help="Input file or folder (not needed for ml-100k, ml-latest-small, synthetic).")] = None,
+    meta: Annotated[Optional[Path], typer.Option(help="Amazon metadata file (meta_<Category>...).")] = None,
+    protocol: Annotated[Optional[ProtocolName], typer.Option(help="Split protocol; default depends on the dataset (MovieLens: leave-one-out, Amazon: semsr, M2 and synthetic: m2).")] = None,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Count and skip malformed lines instead of stopping at the first.")] = False,
+    max_history: Annotated[Optional[int], typer.Option(help="Most recent items kept per history (default 50).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the semsr user split, or of the synthetic generator.")] = None,
+    items: Annotated[Optional[int], typer.Option(help="synthetic: catalogue size.")] = None,
+    sessions: Annotated[Optional[int], typer.Option(help="synthetic: number of sessions (default 2 x items).")] = None,
+    locale: Annotated[str, typer.Option(help="m2: locale to keep.")] = "UK",
+    gap_s: Annotated[Optional[int], typer.Option(help="gap protocol: inactivity in seconds that starts a new session (default 1800).")] = None,
+    min_item_count: Annotated[Optional[int], typer.Option(help="semsr/gap: drop items seen fewer times.")] = None,
+    min_user_interactions: Annotated[Optional[int], typer.Option(help="semsr/leave-one-out: drop users with fewer interactions.")] = None,
+    valid_fraction: Annotated[Optional[float], typer.Option(help="semsr/gap/m2: share of users or sessions for validation.")] = None,
+    test_fraction: Annotated[Optional[float], typer.Option(help="semsr/gap/m2: share of users or sessions for test.")] = None,
+    test_sessions: Annotated[Optional[int], typer.Option(help="m2: exact number of most recent sessions for test.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+):
+    """Load a source, apply a protocol and write the canonical dataset (items.jsonl, splits, stats.json).
+
+    Examples:
+
+      agentrec data prepare ml-100k --protocol leave-one-out --out data/ml-100k
+
+      agentrec data prepare recbole --source path/to/ml-1m --out data/ml-1m
+
+      agentrec data prepare amazon2014 --source reviews_Beauty_5.json.gz --meta meta_Beauty.json.gz --out data/beauty
+
+      agentrec data prepare synthetic --items 10000 --sessions 50000 --seed 1 --out data/syn
+    """
+    _setup_logging(verbose)
+    from agentrec.data.api import prepare_dataset
+
+    options = {
+        "max_history": max_history, "seed": seed, "gap_s": gap_s, "min_item_count": min_item_count,
+        "min_user_interactions": min_user_interactions, "valid_fraction": valid_fraction,
+        "test_fraction": test_fraction, "test_sessions": test_sessions,
+    }
+    loader_options = {"meta": meta, "locale": locale, "items": items, "sessions": sessions, "seed": seed}
+    dataset = prepare_dataset(
+        name.value, out=out, source=source, protocol=protocol.value if protocol else None, skip_bad=skip_bad,
+        protocol_options={k: v for k, v in options.items() if v is not None},
+        loader_options=loader_options,
+    )
+    typer.echo(format_stats(dataset.stats))
+    typer.echo(f"\nwrote {out}")
+
+
+@data_app.command("stats")
+@user_errors
+def data_stats(
+    path: Annotated[Path, typer.Argument(help="A prepared dataset folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print stats.json as it is.")] = False,
+):
+    """Print the counts, filtering steps, protocol and sources of a prepared dataset."""
+    stats_file = path / "stats.json"
+    if not stats_file.exists():
+        raise FileNotFoundError(f"{path} is not a prepared dataset (no stats.json)")
+    stats = json.loads(stats_file.read_text())
+    typer.echo(json.dumps(stats, indent=2) if as_json else format_stats(stats))
+
+
+def format_stats(stats: dict) -> str:
+    counts = stats["counts"]
+    protocol = stats["protocol"]
+    params = ", ".join(f"{k}={v}" for k, v in protocol["params"].items())
+    lines = [
+        f"dataset   {stats['dataset']}   fingerprint {stats.get('fingerprint', '?')[:12]}",
+        f"protocol  {protocol['name']} ({params})",
+        f"          ties: {protocol['tie_rule']}",
+    ]
+    if stats.get("time_note"):
+        lines.append(f"          time: {stats['time_note']}")
+    lines += [
+        "",
+        f"items {counts['items']:,} (with title {counts['items_with_title']:,})   sequences {counts['sequences']:,}   "
+        f"events {counts['events']:,}   mean length {counts['mean_sequence_length']}",
+        "",
+        f"{'split':<7}{'samples':>10}{'sessions':>10}{'mean hist':>11}{'unseen targets':>16}",
+    ]
+    for split in ("train", "valid", "test"):
+        unseen = counts.get(f"{split}_targets_unseen_in_train", "-")
+        lines.append(f"{split:<7}{counts[f'{split}_samples']:>10,}{counts[f'{split}_sessions']:>10,}"
+                     f"{counts[f'{split}_mean_history']:>11}{unseen:>16}")
+    lines += ["", "raw: " + ", ".join(f"{k} {v:,}" for k, v in stats["raw"].items())]
+    lines.append("filtering:")
+    for row in stats["filtering"]:
+        removed = ", ".join(f"{k} {v:,}" for k, v in row.items() if k not in ("step", "reason"))
+        lines.append(f"  - {row['step']}: {row['reason']} ({removed})")
+    report = stats["load_report"]["counts"]
+    lines.append("load report: " + (", ".join(f"{k} {v:,}" for k, v in report.items()) or "nothing dropped"))
+    for example in stats["load_report"].get("bad_line_examples", [])[:5]:
+        lines.append(f"  {example}")
+    return "\n".join(lines)
+
+
+class ModelName(str, Enum):
+    pop = "pop"
+
+
+@app.command("train")
+@user_errors
+def train(
+    model: Annotated[ModelName, typer.Option(help="Model to train.")],
+    data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
+    out: Annotated[Path, typer.Option(help="Run folder to write (run.json, weights.safetensors).")],
+    exclude_history: Annotated[bool, typer.Option("--exclude-history/--allow-history", help="Remove items already in the session from the candidates (validation here, test later).")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+):
+    """Train a model on the train split, selecting on validation; test is not touched."""
+    _setup_logging(verbose)
+    from agentrec.data.dataset import PreparedDataset
+    from agentrec.metrics import format_metrics
+    from agentrec.runs import train_popularity
+
+    dataset = PreparedDataset.load(data)
+    info = train_popularity(dataset, out, exclude_history=exclude_history)
+    typer.echo(f"{info.model} on {dataset.name}: validation ({len(dataset.valid):,} samples)")
+    typer.echo(format_metrics(info.valid))
+    typer.echo(f"\nwrote {out}; test it once with 'agentrec evaluate {out}'")
+
+
+@app.command("evaluate")
+@user_errors
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run folder written by 'agentrec train'.")],
+    data: Annotated[Optional[Path], typer.Option(help="Dataset folder (default: the one the run was trained on; it must have the same fingerprint).")] = None,
+    split: Annotated[Split, typer.Option(help="Split to evaluate.")] = Split.test,
+    exclude_history: Annotated[Optional[bool], typer.Option("--exclude-history/--allow-history", help="Default: as the run was trained.")] = None,
+    memory_mb: Annotated[float, typer.Option(help="Memory budget for one chunk of scores.")] = 256.0,
+):
+    """Rank every test target against the full catalogue; print Recall, MRR and NDCG at 10, 20, 100."""
+    _setup_logging(False)
+    from agentrec.metrics import format_metrics
+    from agentrec.runs import evaluate_run
+
+    info, result = evaluate_run(run, data=data, split=split.value, exclude_history=exclude_history,
+                                memory_budget_mb=memory_mb, progress=True)
+    typer.echo(f"{info.model} on {info.dataset['name']} ({info.dataset.get('protocol')}), {split.value}: {result.describe()}")
+    typer.echo(format_metrics(result.metrics))
+    typer.echo(f"({result.seconds:.2f} s)")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Datasets: loaders for each source format, evaluation protocols and the canonical prepared format."""

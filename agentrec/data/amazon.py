@@ -1,0 +1,474 @@
+"""Amazon product reviews, the 2014, 2018 and 2023 releases of the McAuley lab (UCSD).
+
+Each release ships interactions (a ratings-only CSV, or reviews as one record per line) and item
+metadata (``meta_<Category>``). The releases differ in ways that silently corrupt a dataset when
+mixed up, so each has its own loader:
+
+=======  =====================================  ==========================  ============  ============
+release  ratings CSV (no header)                reviews (one per line)      metadata      time unit
+=======  =====================================  ==========================  ============  ============
+2014     user,item,rating,timestamp             JSON: reviewerID, asin,     Python        seconds
+                                                unixReviewTime              literals
+2018     item,user,rating,timestamp (item       JSON, as 2014               JSON          seconds
+         first!)
+2023     user_id,parent_asin,rating,timestamp   JSON: user_id,              JSON          milliseconds
+         (with a header)                        parent_asin, timestamp
+=======  =====================================  ==========================  ============  ============
+
+Files are read line by line into column lists (the real files have millions of lines); ``.gz``
+is decompressed on the fly. The rating is not used: every review or rating is one interaction.
+"""
+
+from __future__ import annotations
+
+import ast
+import html
+import json
+import logging
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from agentrec.data.raw import DataFormatError, LoadReport, RawData, open_text, sha256_file
+
+logger = logging.getLogger(__name__)
+
+ITEM_COLUMNS = ("item", "title", "brand", "categories", "description", "price")
+
+# Ratings CSV columns (user, item, timestamp) by position: the 2018 files put the item first.
+CSV_COLUMNS_2014 = (0, 1, 3)
+CSV_COLUMNS_2018 = (1, 0, 3)
+CSV_FIELDS = 4
+
+_TAG = re.compile(r"<[^>]*>")
+_SPACE = re.compile(r"\s+")
+# A price is a number at the start of the field, after an optional currency sign; anything else
+# (2018 has CSS and JavaScript fragments in this field) is no price at all.
+_PRICE = re.compile(r"^\s*\$?\s*(\d[\d,]*(?:\.\d+)?)")
+
+
+class _BadRecord(ValueError):
+    """A line parsed, but does not hold what the format requires."""
+
+
+class _Faults:
+    """Raise ``DataFormatError`` for a malformed line, or count it when ``skip_bad`` is set."""
+
+    def __init__(self, path: Path, *, skip_bad: bool, report: LoadReport):
+        self.path = path
+        self.skip_bad = skip_bad
+        self.report = report
+
+    def __call__(self, line_no: int, reason: str) -> None:
+        if not self.skip_bad:
+            raise DataFormatError(self.path, line_no, reason + " (use --skip-bad to count and skip such lines)")
+        self.report.bad_line(self.path, line_no, reason)
+
+
+# --------------------------------------------------------------------------------------------
+# Public loaders
+
+
+def load_amazon2014(
+    source: str | Path, *, meta: str | Path | None = None, skip_bad: bool = False
+) -> RawData:
+    """Amazon reviews 2014 (He & McAuley, WWW 2016), e.g. the Beauty category used by SemSR.
+
+    Args:
+        source: the ratings-only CSV (``ratings_Beauty.csv``: no header, columns
+            user,item,rating,timestamp) or the reviews file (``reviews_Beauty_5.json.gz``: one JSON
+            object per line with reviewerID, asin and unixReviewTime). The format is told by the
+            file name, or by the first non-blank character when the name does not say.
+        meta: ``meta_Beauty.json.gz``, whose lines are Python literals (single-quoted dicts, read
+            with ``ast.literal_eval``). Mapped: asin -> item, title, brand, price, description,
+            and ``categories`` (a list of category paths) flattened to unique strings in order.
+        skip_bad: count and skip malformed lines instead of stopping at the first.
+
+    Returns:
+        The events (user = reviewerID, item = asin, timestamp in seconds) and the item table.
+    """
+    source = Path(source)
+    report = LoadReport()
+    faults = _Faults(source, skip_bad=skip_bad, report=report)
+    if _source_format(source) == "csv":
+        events = _read_ratings_csv(source, columns=CSV_COLUMNS_2014, faults=faults)
+    else:
+        # The 5-core files are JSON; some older review dumps use Python literals like the metadata.
+        events = _read_reviews(source, parse=_json_or_literal, keys=("reviewerID", "asin", "unixReviewTime"),
+                               time_ms=False, faults=faults)
+    return _assemble("amazon2014", source, events, meta, report, skip_bad=skip_bad,
+                     parse_meta=_literal_or_json, meta_row=_meta_row_2014)
+
+
+def load_amazon2018(
+    source: str | Path, *, meta: str | Path | None = None, skip_bad: bool = False
+) -> RawData:
+    """Amazon reviews 2018 (Ni, Li & McAuley, EMNLP 2019).
+
+    Args:
+        source: the ratings-only CSV (``Beauty.csv``: no header, columns item,user,rating,timestamp
+            -- the item comes first, unlike 2014) or the reviews JSON lines (reviewerID, asin,
+            unixReviewTime, ...). Told apart as for 2014.
+        meta: ``meta_<Category>.json(.gz)``, JSON lines. Mapped: asin -> item, title (HTML tags
+            and entities removed: some titles are page fragments), brand, ``category`` ->
+            categories (``[main_cat]`` when the list is empty), description (a list, joined with
+            spaces), price (``"$12.99"`` -> 12.99; a range gives its first number; anything
+            else is missing).
+        skip_bad: count and skip malformed lines instead of stopping at the first.
+    """
+    source = Path(source)
+    report = LoadReport()
+    faults = _Faults(source, skip_bad=skip_bad, report=report)
+    if _source_format(source) == "csv":
+        events = _read_ratings_csv(source, columns=CSV_COLUMNS_2018, faults=faults)
+    else:
+        events = _read_reviews(source, parse=json.loads, keys=("reviewerID", "asin", "unixReviewTime"),
+                               time_ms=False, faults=faults)
+    return _assemble("amazon2018", source, events, meta, report, skip_bad=skip_bad,
+                     parse_meta=json.loads, meta_row=_meta_row_2018)
+
+
+def load_amazon2023(
+    source: str | Path, *, meta: str | Path | None = None, skip_bad: bool = False
+) -> RawData:
+    """Amazon reviews 2023 (Hou et al., "Bridging Language and Items for Retrieval and Recommendation").
+
+    The item id is ``parent_asin``, not ``asin``: the 2023 release groups the variants of a product
+    (sizes, colours) under their parent, and its metadata is keyed by the parent only.
+
+    Args:
+        source: the reviews JSON lines (``<Category>.jsonl(.gz)``: user_id, parent_asin and
+            ``timestamp`` in milliseconds, converted to whole seconds), or a rating-only /
+            benchmark CSV with a header naming user_id, parent_asin and timestamp.
+        meta: ``meta_<Category>.jsonl(.gz)``. Mapped: parent_asin -> item, title, store -> brand,
+            categories (``[main_category]`` when the list is empty), description (a list, joined
+            with spaces; the features list when there is no description), price (float or null).
+        skip_bad: count and skip malformed lines instead of stopping at the first.
+    """
+    source = Path(source)
+    report = LoadReport()
+    faults = _Faults(source, skip_bad=skip_bad, report=report)
+    if _source_format(source) == "csv":
+        events = _read_ratings_csv_with_header(source, names=("user_id", "parent_asin", "timestamp"),
+                                               time_ms=True, faults=faults)
+    else:
+        events = _read_reviews(source, parse=json.loads, keys=("user_id", "parent_asin", "timestamp"),
+                               time_ms=True, faults=faults)
+    return _assemble("amazon2023", source, events, meta, report, skip_bad=skip_bad,
+                     parse_meta=json.loads, meta_row=_meta_row_2023)
+
+
+# --------------------------------------------------------------------------------------------
+# Shared plumbing
+
+
+def _assemble(release, source, events, meta, report, *, skip_bad, parse_meta, meta_row) -> RawData:
+    """Read the metadata (if any) and wrap everything in a ``RawData``."""
+    sources = {str(source): sha256_file(source)}
+    if meta is not None:
+        meta = Path(meta)
+        items = _read_meta(meta, parse=parse_meta, to_row=meta_row,
+                           faults=_Faults(meta, skip_bad=skip_bad, report=report))
+        sources[str(meta)] = sha256_file(meta)
+        report.add("metadata_rows", len(items))
+    else:
+        # No metadata: ``RawData.resolve_items`` builds title-less rows and counts them.
+        items = pd.DataFrame({"item": pd.Series(dtype=str), "title": pd.Series(dtype=object)})
+    name = _dataset_name(release, source)
+    logger.info("%s: %d events, %d metadata rows from %s", name, len(events), len(items), source)
+    return RawData(name=name, events=events, items=items, sources=sources, report=report)
+
+
+def _source_format(path: Path) -> str:
+    """``"csv"`` or ``"json"``: from the file name, else from the first non-blank character."""
+    name = path.name.lower().removesuffix(".gz")
+    if name.endswith(".csv"):
+        return "csv"
+    if name.endswith((".json", ".jsonl")):
+        return "json"
+    for _, line in _lines(path):
+        return "json" if line.startswith("{") else "csv"
+    return "csv"
+
+
+def _dataset_name(release: str, source: Path) -> str:
+    """``amazon2014-beauty`` from ``ratings_Beauty.csv``; ``-5core`` when the file is a 5-core."""
+    stem = source.name
+    for suffix in (".gz", ".json", ".jsonl", ".csv"):
+        stem = stem.removesuffix(suffix)
+    for prefix in ("ratings_", "reviews_"):
+        stem = stem.removeprefix(prefix)
+    five_core = stem.endswith("_5")
+    stem = stem.removesuffix("_5").lower() or "unknown"
+    return f"{release}-{stem}" + ("-5core" if five_core else "")
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, stripped text) of every non-blank line."""
+    with open_text(path) as handle:
+        for line_no, line in enumerate(handle, start=1):
+            line = line.strip()
+            if line:
+                yield line_no, line
+
+
+def _as_int(value) -> int | None:
+    """An integer from an int, an integral float or a string of digits; None otherwise."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    return None
+
+
+def _events_frame(users: list[str], items: list[str], times: list[int]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "user": pd.Series(users, dtype=str),
+            "item": pd.Series(items, dtype=str),
+            "timestamp": np.asarray(times, dtype=np.int64),
+            "order": np.arange(len(users), dtype=np.int64),
+        }
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Interactions
+
+
+def _read_ratings_csv(path: Path, *, columns: tuple[int, int, int], faults: _Faults) -> pd.DataFrame:
+    """A header-less ratings CSV; ``columns`` gives the positions of user, item and timestamp.
+
+    Amazon ids hold no commas and the files use no quoting, so a plain split is exact (and several
+    times faster than the csv module on the 80-million-line files).
+    """
+    user_at, item_at, time_at = columns
+    users, items, times = [], [], []
+    for line_no, line in _lines(path):
+        fields = line.split(",")
+        if len(fields) != CSV_FIELDS:
+            faults(line_no, f"expected {CSV_FIELDS} comma-separated fields, found {len(fields)}")
+            continue
+        seconds = _as_int(fields[time_at])
+        if seconds is None:
+            faults(line_no, f"timestamp {fields[time_at]!r} is not a whole number")
+            continue
+        if not fields[user_at] or not fields[item_at]:
+            faults(line_no, "empty user or item id")
+            continue
+        users.append(fields[user_at])
+        items.append(fields[item_at])
+        times.append(seconds)
+    return _events_frame(users, items, times)
+
+
+def _read_ratings_csv_with_header(
+    path: Path, *, names: tuple[str, str, str], time_ms: bool, faults: _Faults
+) -> pd.DataFrame:
+    """A ratings CSV whose first line names its columns (the 2023 rating-only and benchmark files)."""
+    users, items, times = [], [], []
+    lines = _lines(path)
+    header_no, header = next(lines, (1, ""))
+    fields = header.split(",")
+    missing = [n for n in names if n not in fields]
+    if missing:
+        raise DataFormatError(path, header_no, f"header {header!r} lacks the column(s) {', '.join(missing)}")
+    user_at, item_at, time_at = (fields.index(n) for n in names)
+    for line_no, line in lines:
+        row = line.split(",")
+        if len(row) != len(fields):
+            faults(line_no, f"expected {len(fields)} comma-separated fields, found {len(row)}")
+            continue
+        stamp = _as_int(row[time_at])
+        if stamp is None:
+            faults(line_no, f"timestamp {row[time_at]!r} is not a whole number")
+            continue
+        users.append(row[user_at])
+        items.append(row[item_at])
+        times.append(stamp // 1000 if time_ms else stamp)
+    return _events_frame(users, items, times)
+
+
+def _read_reviews(
+    path: Path, *, parse: Callable[[str], object], keys: tuple[str, str, str], time_ms: bool, faults: _Faults
+) -> pd.DataFrame:
+    """Reviews, one record per line; ``keys`` name the user, item and time fields.
+
+    Duplicate reviews (same user, item and time) are kept: they are in the source, and the
+    protocols' tie rule orders them by line.
+    """
+    user_key, item_key, time_key = keys
+    users, items, times = [], [], []
+    for line_no, line in _lines(path):
+        try:
+            record = parse(line)
+        except (ValueError, SyntaxError, RecursionError) as error:
+            faults(line_no, f"not a valid record ({type(error).__name__}: {error})")
+            continue
+        if not isinstance(record, dict):
+            faults(line_no, f"expected an object, found {type(record).__name__}")
+            continue
+        missing = [k for k in keys if record.get(k) in (None, "")]
+        if missing:
+            faults(line_no, f"missing {', '.join(missing)}")
+            continue
+        stamp = _as_int(record[time_key])
+        if stamp is None:
+            faults(line_no, f"{time_key} {record[time_key]!r} is not a whole number")
+            continue
+        users.append(str(record[user_key]))
+        items.append(str(record[item_key]))
+        # Floor division keeps whole seconds, as every other source provides.
+        times.append(stamp // 1000 if time_ms else stamp)
+    return _events_frame(users, items, times)
+
+
+def _json_or_literal(line: str):
+    try:
+        return json.loads(line)
+    except ValueError:
+        return ast.literal_eval(line)
+
+
+def _literal_or_json(line: str):
+    # Never eval: literal_eval accepts only literals, so a hostile line cannot run code.
+    try:
+        return ast.literal_eval(line)
+    except (ValueError, SyntaxError):
+        return json.loads(line)  # a few mirrors re-encode the 2014 metadata as JSON
+
+
+# --------------------------------------------------------------------------------------------
+# Metadata
+
+
+def _read_meta(
+    path: Path, *, parse: Callable[[str], object], to_row: Callable[[dict], dict], faults: _Faults
+) -> pd.DataFrame:
+    """Item rows from a metadata file; ``to_row`` maps one parsed record to ``ITEM_COLUMNS``.
+
+    A record without a title is kept (``RawData.resolve_items`` counts it); one without an id is
+    malformed.
+    """
+    columns: dict[str, list] = {name: [] for name in ITEM_COLUMNS}
+    for line_no, line in _lines(path):
+        try:
+            record = parse(line)
+            if not isinstance(record, dict):
+                raise _BadRecord(f"expected an object, found {type(record).__name__}")
+            row = to_row(record)
+        except _BadRecord as error:
+            faults(line_no, str(error))
+            continue
+        except (ValueError, SyntaxError, RecursionError) as error:
+            faults(line_no, f"not a valid record ({type(error).__name__}: {error})")
+            continue
+        for name in ITEM_COLUMNS:
+            columns[name].append(row.get(name))
+    items = pd.DataFrame({name: pd.Series(values, dtype=object) for name, values in columns.items()})
+    items["item"] = items["item"].astype(str)
+    items["price"] = np.asarray([np.nan if p is None else p for p in columns["price"]], dtype=float)
+    return items
+
+
+def _required_id(record: dict, key: str) -> str:
+    value = record.get(key)
+    if value in (None, ""):
+        raise _BadRecord(f"missing {key}")
+    return str(value)
+
+
+def _meta_row_2014(record: dict) -> dict:
+    categories = record.get("categories") or []
+    flat = [c for path in categories for c in (path if isinstance(path, list) else [path])]
+    return {
+        "item": _required_id(record, "asin"),
+        # 2014 titles carry HTML entities ("Bath &amp; Body"), but no tags.
+        "title": _text(record.get("title"), unescape=True),
+        "brand": _text(record.get("brand"), unescape=True),
+        "categories": _unique_strings(flat),
+        "description": _text(record.get("description"), unescape=True),
+        "price": _price(record.get("price")),
+    }
+
+
+def _meta_row_2018(record: dict) -> dict:
+    categories = _unique_strings(_strip_html(c) for c in _as_list(record.get("category")))
+    if not categories and _strip_html(record.get("main_cat")):
+        categories = [_strip_html(record.get("main_cat"))]
+    return {
+        "item": _required_id(record, "asin"),
+        "title": _strip_html(record.get("title")) or None,
+        "brand": _strip_html(record.get("brand")) or None,
+        "categories": categories,
+        "description": _strip_html(" ".join(map(str, _as_list(record.get("description"))))) or None,
+        "price": _price(record.get("price")),
+    }
+
+
+def _meta_row_2023(record: dict) -> dict:
+    categories = _unique_strings(_as_list(record.get("categories")))
+    if not categories and record.get("main_category"):
+        categories = [str(record["main_category"]).strip()]
+    description = " ".join(map(str, _as_list(record.get("description")))).strip()
+    if not description:
+        description = " ".join(map(str, _as_list(record.get("features")))).strip()
+    return {
+        "item": _required_id(record, "parent_asin"),
+        "title": _text(record.get("title")),
+        "brand": _text(record.get("store")),
+        "categories": categories,
+        "description": description or None,
+        "price": _price(record.get("price")),
+    }
+
+
+def _as_list(value) -> list:
+    if value is None or value == "":
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _text(value, *, unescape: bool = False) -> str | None:
+    """A stripped string, or None for missing and blank values."""
+    if value is None:
+        return None
+    text = str(value)
+    if unescape:
+        text = html.unescape(text)
+    text = _SPACE.sub(" ", text).strip()
+    return text or None
+
+
+def _strip_html(value) -> str:
+    """Text with HTML tags removed and entities decoded (simple on purpose: no HTML parser)."""
+    if value is None:
+        return ""
+    return _SPACE.sub(" ", html.unescape(_TAG.sub(" ", str(value)))).strip()
+
+
+def _unique_strings(values) -> list[str]:
+    """Non-blank strings, first occurrence kept, in order."""
+    seen: dict[str, None] = {}
+    for value in values:
+        text = str(value).strip() if value is not None else ""
+        if text:
+            seen.setdefault(text, None)
+    return list(seen)
+
+
+def _price(value) -> float | None:
+    """12.5 -> 12.5; "$12.99" -> 12.99; "$5.00 - $9.00" -> 5.0; "", None or junk -> None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) if np.isfinite(value) else None
+    match = _PRICE.match(str(value))
+    return float(match.group(1).replace(",", "")) if match else None
