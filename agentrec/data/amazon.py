@@ -290,6 +290,9 @@ def _read_ratings_csv_with_header(
         if stamp is None:
             faults(line_no, f"timestamp {row[time_at]!r} is not a whole number")
             continue
+        if not row[user_at] or not row[item_at]:
+            faults(line_no, "empty user or item id")
+            continue
         users.append(row[user_at])
         items.append(row[item_at])
         times.append(stamp // 1000 if time_ms else stamp)
@@ -391,12 +394,28 @@ def _meta_row_2014(record: dict) -> dict:
     return {
         "item": _required_id(record, "asin"),
         # 2014 titles carry HTML entities ("Bath &amp; Body"), but no tags.
-        "title": _text(record.get("title"), unescape=True),
-        "brand": _text(record.get("brand"), unescape=True),
-        "categories": _unique_strings(flat),
-        "description": _text(record.get("description"), unescape=True),
+        "title": _text(_undo_byte_repr(record.get("title")), unescape=True),
+        "brand": _text(_undo_byte_repr(record.get("brand")), unescape=True),
+        "categories": _unique_strings(_undo_byte_repr(c) for c in flat),
+        "description": _text(_undo_byte_repr(record.get("description")), unescape=True),
         "price": _price(record.get("price")),
     }
+
+
+def _undo_byte_repr(value):
+    """Repair text that Python 2 wrote as the repr of UTF-8 bytes.
+
+    The 2014 metadata was written by Python 2, where ``'Caf\\xc3\\xa9'`` is the repr of the UTF-8
+    bytes of "Café"; ``literal_eval`` in Python 3 reads it back as "CafÃ©". Such a string is made
+    of code points below 256 that form valid UTF-8 when taken as bytes; genuine Latin-1 text
+    ("Crème") almost never does, so it is left alone.
+    """
+    if not isinstance(value, str) or value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value
 
 
 def _meta_row_2018(record: dict) -> dict:

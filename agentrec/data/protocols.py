@@ -209,15 +209,21 @@ def _length_filter(seqs: Sequences, min_length: int, steps: Steps, what: str) ->
     return seqs.select(keep)
 
 
+def _split_counts(n: int, valid_fraction: float, test_fraction: float, test_count: int | None = None):
+    """Numbers of valid and test sequences: at least one each when the fraction is positive."""
+    n_test = test_count if test_count is not None else max(int(test_fraction > 0), int(round(n * test_fraction)))
+    n_valid = max(int(valid_fraction > 0), int(round(n * valid_fraction)))
+    if n_test + n_valid >= n:
+        raise ValueError(f"only {n} sequences: too few for {n_valid} valid and {n_test} test sequences plus training")
+    return n_valid, n_test
+
+
 def _time_split(seqs: Sequences, valid_fraction: float, test_fraction: float, test_count: int | None = None):
-    """Split sequence indices by their end time (ties: later position in the ordered source)."""
+    """Split sequence indices by their end time (ties: earlier in the ordered source first)."""
     n = len(seqs)
     end_time = seqs.timestamp[seqs.indptr[1:] - 1] if n else np.array([], dtype=np.int64)
     order = np.argsort(end_time, kind="stable")
-    n_test = test_count if test_count is not None else int(round(n * test_fraction))
-    n_valid = int(round(n * valid_fraction))
-    if n_test + n_valid >= n:
-        raise ValueError(f"only {n} sequences: too few for {n_valid} valid and {n_test} test sequences")
+    n_valid, n_test = _split_counts(n, valid_fraction, test_fraction, test_count)
     return order[: n - n_test - n_valid], order[n - n_test - n_valid : n - n_test], order[n - n_test :]
 
 
@@ -262,8 +268,7 @@ def apply(protocol, seqs: Sequences, steps: Steps) -> tuple[Sequences, dict[str,
         seqs = _length_filter(seqs, protocol.min_sequence_length, steps, "sequences")
         rng = np.random.default_rng(protocol.seed)
         order = rng.permutation(len(seqs))
-        n_test = int(round(len(seqs) * protocol.test_fraction))
-        n_valid = int(round(len(seqs) * protocol.valid_fraction))
+        n_valid, n_test = _split_counts(len(seqs), protocol.valid_fraction, protocol.test_fraction)
         parts = {
             "train": order[: len(seqs) - n_valid - n_test],
             "valid": order[len(seqs) - n_valid - n_test : len(seqs) - n_test],
