@@ -85,7 +85,7 @@ def data_prepare(
     seed: Annotated[Optional[int], typer.Option(help="Seed of the semsr user split, or of the synthetic generator.")] = None,
     items: Annotated[Optional[int], typer.Option(help="synthetic: catalogue size.")] = None,
     sessions: Annotated[Optional[int], typer.Option(help="synthetic: number of sessions (default 2 x items).")] = None,
-    locale: Annotated[str, typer.Option(help="m2: locale to keep.")] = "UK",
+    locale: Annotated[Optional[str], typer.Option(help="m2: locale to keep (default UK).")] = None,
     gap_s: Annotated[Optional[int], typer.Option(help="gap protocol: inactivity in seconds that starts a new session (default 1800).")] = None,
     min_item_count: Annotated[Optional[int], typer.Option(help="semsr/gap: drop items seen fewer times.")] = None,
     min_user_interactions: Annotated[Optional[int], typer.Option(help="semsr/leave-one-out: drop users with fewer interactions.")] = None,

@@ -4,16 +4,12 @@ Each release ships interactions (a ratings-only CSV, or reviews as one record pe
 metadata (``meta_<Category>``). The releases differ in ways that silently corrupt a dataset when
 mixed up, so each has its own loader:
 
-=======  =====================================  ==========================  ============  ============
-release  ratings CSV (no header)                reviews (one per line)      metadata      time unit
-=======  =====================================  ==========================  ============  ============
-2014     user,item,rating,timestamp             JSON: reviewerID, asin,     Python        seconds
-                                                unixReviewTime              literals
-2018     item,user,rating,timestamp (item       JSON, as 2014               JSON          seconds
-         first!)
-2023     user_id,parent_asin,rating,timestamp   JSON: user_id,              JSON          milliseconds
-         (with a header)                        parent_asin, timestamp
-=======  =====================================  ==========================  ============  ============
+- 2014: ratings CSV ``user,item,rating,timestamp`` (no header); reviews are JSON lines (reviewerID,
+  asin, unixReviewTime); metadata lines are Python literals; time in seconds.
+- 2018: ratings CSV ``item,user,rating,timestamp`` (no header, the item first!); reviews as 2014;
+  metadata is JSON lines; time in seconds.
+- 2023: reviews are JSON lines (user_id, parent_asin, timestamp); rating-only CSVs have a header;
+  metadata is JSON lines keyed by parent_asin; time in milliseconds.
 
 Files are read line by line into column lists (the real files have millions of lines); ``.gz``
 is decompressed on the fly. The rating is not used: every review or rating is one interaction.
@@ -32,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from agentrec.data.raw import DataFormatError, LoadReport, RawData, open_text, sha256_file
+from agentrec.data.raw import DataFormatError, LineFaults, LoadReport, RawData, open_text, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -52,20 +48,6 @@ _PRICE = re.compile(r"^\s*\$?\s*(\d[\d,]*(?:\.\d+)?)")
 
 class _BadRecord(ValueError):
     """A line parsed, but does not hold what the format requires."""
-
-
-class _Faults:
-    """Raise ``DataFormatError`` for a malformed line, or count it when ``skip_bad`` is set."""
-
-    def __init__(self, path: Path, *, skip_bad: bool, report: LoadReport):
-        self.path = path
-        self.skip_bad = skip_bad
-        self.report = report
-
-    def __call__(self, line_no: int, reason: str) -> None:
-        if not self.skip_bad:
-            raise DataFormatError(self.path, line_no, reason + " (use --skip-bad to count and skip such lines)")
-        self.report.bad_line(self.path, line_no, reason)
 
 
 # --------------------------------------------------------------------------------------------
@@ -92,14 +74,14 @@ def load_amazon2014(
     """
     source = Path(source)
     report = LoadReport()
-    faults = _Faults(source, skip_bad=skip_bad, report=report)
+    faults = LineFaults(source, skip_bad=skip_bad, report=report)
     if _source_format(source) == "csv":
         events = _read_ratings_csv(source, columns=CSV_COLUMNS_2014, faults=faults)
     else:
         # The 5-core files are JSON; some older review dumps use Python literals like the metadata.
         events = _read_reviews(source, parse=_json_or_literal, keys=("reviewerID", "asin", "unixReviewTime"),
                                time_ms=False, faults=faults)
-    return _assemble("amazon2014", source, events, meta, report, skip_bad=skip_bad,
+    return _assemble("amazon2014", source, events, meta=meta, report=report, skip_bad=skip_bad,
                      parse_meta=_literal_or_json, meta_row=_meta_row_2014)
 
 
@@ -121,13 +103,13 @@ def load_amazon2018(
     """
     source = Path(source)
     report = LoadReport()
-    faults = _Faults(source, skip_bad=skip_bad, report=report)
+    faults = LineFaults(source, skip_bad=skip_bad, report=report)
     if _source_format(source) == "csv":
         events = _read_ratings_csv(source, columns=CSV_COLUMNS_2018, faults=faults)
     else:
         events = _read_reviews(source, parse=json.loads, keys=("reviewerID", "asin", "unixReviewTime"),
                                time_ms=False, faults=faults)
-    return _assemble("amazon2018", source, events, meta, report, skip_bad=skip_bad,
+    return _assemble("amazon2018", source, events, meta=meta, report=report, skip_bad=skip_bad,
                      parse_meta=json.loads, meta_row=_meta_row_2018)
 
 
@@ -150,14 +132,14 @@ def load_amazon2023(
     """
     source = Path(source)
     report = LoadReport()
-    faults = _Faults(source, skip_bad=skip_bad, report=report)
+    faults = LineFaults(source, skip_bad=skip_bad, report=report)
     if _source_format(source) == "csv":
         events = _read_ratings_csv_with_header(source, names=("user_id", "parent_asin", "timestamp"),
                                                time_ms=True, faults=faults)
     else:
         events = _read_reviews(source, parse=json.loads, keys=("user_id", "parent_asin", "timestamp"),
                                time_ms=True, faults=faults)
-    return _assemble("amazon2023", source, events, meta, report, skip_bad=skip_bad,
+    return _assemble("amazon2023", source, events, meta=meta, report=report, skip_bad=skip_bad,
                      parse_meta=json.loads, meta_row=_meta_row_2023)
 
 
@@ -165,13 +147,13 @@ def load_amazon2023(
 # Shared plumbing
 
 
-def _assemble(release, source, events, meta, report, *, skip_bad, parse_meta, meta_row) -> RawData:
+def _assemble(release, source, events, *, meta, report, skip_bad, parse_meta, meta_row) -> RawData:
     """Read the metadata (if any) and wrap everything in a ``RawData``."""
     sources = {str(source): sha256_file(source)}
     if meta is not None:
         meta = Path(meta)
         items = _read_meta(meta, parse=parse_meta, to_row=meta_row,
-                           faults=_Faults(meta, skip_bad=skip_bad, report=report))
+                           faults=LineFaults(meta, skip_bad=skip_bad, report=report))
         sources[str(meta)] = sha256_file(meta)
         report.add("metadata_rows", len(items))
     else:
@@ -189,8 +171,10 @@ def _source_format(path: Path) -> str:
         return "csv"
     if name.endswith((".json", ".jsonl")):
         return "json"
-    for _, line in _lines(path):
-        return "json" if line.startswith("{") else "csv"
+    with open_text(path) as handle:
+        for line in handle:
+            if line.strip():
+                return "json" if line.lstrip().startswith("{") else "csv"
     return "csv"
 
 
@@ -223,7 +207,7 @@ def _as_int(value) -> int | None:
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and value.strip().lstrip("-").isdecimal():
         return int(value.strip())
     return None
 
@@ -243,7 +227,7 @@ def _events_frame(users: list[str], items: list[str], times: list[int]) -> pd.Da
 # Interactions
 
 
-def _read_ratings_csv(path: Path, *, columns: tuple[int, int, int], faults: _Faults) -> pd.DataFrame:
+def _read_ratings_csv(path: Path, *, columns: tuple[int, int, int], faults: LineFaults) -> pd.DataFrame:
     """A header-less ratings CSV; ``columns`` gives the positions of user, item and timestamp.
 
     Amazon ids hold no commas and the files use no quoting, so a plain split is exact (and several
@@ -266,11 +250,29 @@ def _read_ratings_csv(path: Path, *, columns: tuple[int, int, int], faults: _Fau
         users.append(fields[user_at])
         items.append(fields[item_at])
         times.append(seconds)
+    _warn_if_swapped(path, users, items)
     return _events_frame(users, items, times)
 
 
+def _warn_if_swapped(path: Path, users: list[str], items: list[str], sample: int = 10_000) -> None:
+    """Warn when the user column looks like ASINs and the item column does not.
+
+    ASINs have exactly 10 characters, reviewer ids mostly 12 to 21; a 2014 file read as 2018 (or the
+    reverse) swaps the two columns and would otherwise produce a plausible but wrong dataset.
+    """
+    if users and _asin_share(users[:sample]) > 0.5 > _asin_share(items[:sample]):
+        logger.warning(
+            "%s: the user column looks like item ids (ASINs) and the item column does not; "
+            "2014 ratings CSVs are user,item,... and 2018 ones item,user,...: is this the right loader?", path
+        )
+
+
+def _asin_share(ids: list[str]) -> float:
+    return sum(len(i) == 10 for i in ids) / len(ids)
+
+
 def _read_ratings_csv_with_header(
-    path: Path, *, names: tuple[str, str, str], time_ms: bool, faults: _Faults
+    path: Path, *, names: tuple[str, str, str], time_ms: bool, faults: LineFaults
 ) -> pd.DataFrame:
     """A ratings CSV whose first line names its columns (the 2023 rating-only and benchmark files)."""
     users, items, times = [], [], []
@@ -300,7 +302,7 @@ def _read_ratings_csv_with_header(
 
 
 def _read_reviews(
-    path: Path, *, parse: Callable[[str], object], keys: tuple[str, str, str], time_ms: bool, faults: _Faults
+    path: Path, *, parse: Callable[[str], object], keys: tuple[str, str, str], time_ms: bool, faults: LineFaults
 ) -> pd.DataFrame:
     """Reviews, one record per line; ``keys`` name the user, item and time fields.
 
@@ -353,7 +355,7 @@ def _literal_or_json(line: str):
 
 
 def _read_meta(
-    path: Path, *, parse: Callable[[str], object], to_row: Callable[[dict], dict], faults: _Faults
+    path: Path, *, parse: Callable[[str], object], to_row: Callable[[dict], dict], faults: LineFaults
 ) -> pd.DataFrame:
     """Item rows from a metadata file; ``to_row`` maps one parsed record to ``ITEM_COLUMNS``.
 
@@ -420,8 +422,9 @@ def _undo_byte_repr(value):
 
 def _meta_row_2018(record: dict) -> dict:
     categories = _unique_strings(_strip_html(c) for c in _as_list(record.get("category")))
-    if not categories and _strip_html(record.get("main_cat")):
-        categories = [_strip_html(record.get("main_cat"))]
+    main_category = _strip_html(record.get("main_cat"))
+    if not categories and main_category:
+        categories = [main_category]
     return {
         "item": _required_id(record, "asin"),
         "title": _strip_html(record.get("title")) or None,

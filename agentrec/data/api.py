@@ -34,7 +34,10 @@ def load_source(name: str, source: str | Path | None = None, *, skip_bad: bool =
         raise ValueError(f"dataset {name!r} needs --source: {spec.help}")
     accepted = set(inspect.signature(loader).parameters)
     given = {k: v for k, v in options.items() if v is not None}
-    passed = {k: v for k, v in given.items() if k in accepted}
+    unused = sorted(set(given) - accepted)
+    if unused:
+        raise ValueError(f"dataset {name!r} takes no option {', '.join('--' + u.replace('_', '-') for u in unused)}")
+    passed = given
     return loader(source, skip_bad=skip_bad, **passed) if source is not None else loader(skip_bad=skip_bad, **passed)
 
 
@@ -54,9 +57,11 @@ def prepare_dataset(
     protocol_options = dict(protocol_options or {})
     loader_options = dict(loader_options or {})
     protocol_name = protocol or SOURCES[name].default_protocol if name in SOURCES else protocol
-    # The seed option means the generator's seed for synthetic data and the split seed for semsr.
+    # --seed is the generator's seed for synthetic data and the user-split seed for semsr.
     if "seed" in protocol_options and protocol_name != "semsr":
         protocol_options.pop("seed")
+    if loader_options.get("seed") is not None and name != "synthetic":
+        loader_options.pop("seed")
     proto = make_protocol(protocol_name, **protocol_options)
     raw = load_source(name, source, skip_bad=skip_bad, **loader_options)
     for key, value in raw.report.counts.items():

@@ -219,8 +219,10 @@ def read_items(path: Path) -> pd.DataFrame:
 
 def _items_to_jsonl(items: pd.DataFrame) -> bytes:
     columns = list(items.columns)
+    # Plain Python lists first: iterating pandas columns element by element is the slow part.
+    values = [items[c].astype(object).tolist() for c in columns]
     lines = []
-    for record in items.itertuples(index=False, name=None):
+    for record in zip(*values):
         row = {}
         for key, value in zip(columns, record):
             value = _clean(value)

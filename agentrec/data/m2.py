@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from agentrec.data.raw import DataFormatError, LoadReport, RawData, open_text, sha256_file
+from agentrec.data.raw import DataFormatError, LineFaults, LoadReport, RawData, open_text, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +35,9 @@ TIME_NOTE = (
     "whether its rows are in time order"
 )
 
-# A whole printed array: quoted ids separated by whitespace (spaces, or newlines where numpy wrapped).
-_ARRAY = re.compile(r"\[\s*(?:'[^'\s]+'\s*)*\]")
+# A whole printed array: quoted ids separated by whitespace (spaces, or newlines where numpy
+# wrapped); commas are tolerated too, for files re-saved with Python list reprs.
+_ARRAY = re.compile(r"\[\s*(?:'[^'\s]+'\s*,?\s*)*\]")
 _TOKEN = re.compile(r"'([^']+)'")
 
 
@@ -93,21 +94,7 @@ def _find(folder: Path, file_name: str) -> Path:
     raise FileNotFoundError(f"{folder} has no {file_name} (nor {file_name}.gz); pass the M2 task-1 folder as --source")
 
 
-class _Faults:
-    """Raise ``DataFormatError`` for a malformed record, or count it when ``skip_bad`` is set."""
-
-    def __init__(self, path: Path, *, skip_bad: bool, report: LoadReport):
-        self.path = path
-        self.skip_bad = skip_bad
-        self.report = report
-
-    def __call__(self, line_no: int, reason: str) -> None:
-        if not self.skip_bad:
-            raise DataFormatError(self.path, line_no, reason + " (use --skip-bad to count and skip such records)")
-        self.report.bad_line(self.path, line_no, reason)
-
-
-def _records(path: Path, header: list[str], faults: _Faults) -> Iterator[tuple[int, list[str]]]:
+def _records(path: Path, header: list[str], faults: LineFaults) -> Iterator[tuple[int, list[str]]]:
     """(physical line where the record starts, fields) for each data record after the header."""
     with open_text(path) as handle:
         reader = csv.reader(handle)
@@ -131,7 +118,7 @@ def _records(path: Path, header: list[str], faults: _Faults) -> Iterator[tuple[i
 
 
 def _read_sessions(path: Path, *, locale: str, skip_bad: bool, report: LoadReport) -> pd.DataFrame:
-    faults = _Faults(path, skip_bad=skip_bad, report=report)
+    faults = LineFaults(path, skip_bad=skip_bad, report=report)
     users: list[str] = []
     items: list[str] = []
     times: list[int] = []
@@ -168,7 +155,7 @@ def _read_sessions(path: Path, *, locale: str, skip_bad: bool, report: LoadRepor
 
 
 def _read_products(path: Path, *, locale: str, skip_bad: bool, report: LoadReport) -> pd.DataFrame:
-    faults = _Faults(path, skip_bad=skip_bad, report=report)
+    faults = LineFaults(path, skip_bad=skip_bad, report=report)
     at = {name: i for i, name in enumerate(PRODUCTS_HEADER)}
     columns: dict[str, list] = {"item": [], "title": [], "brand": [], "price": [], "description": []}
     for line_no, row in _records(path, PRODUCTS_HEADER, faults):

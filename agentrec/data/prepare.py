@@ -21,14 +21,15 @@ ID_RULE = "item ids 1..n follow the sorted original ids (numeric order when ever
 def prepare(raw: RawData, protocol) -> PreparedDataset:
     """Apply ``protocol`` to ``raw`` and build the canonical dataset (not yet written to disk)."""
     started = time.perf_counter()
-    raw.resolve_items()
-    steps = P.Steps()
     raw_counts = {
         "events": len(raw.events),
         "users_or_sessions": int(raw.events["user"].nunique()),
         "items_interacted": int(raw.events["item"].nunique()),
         "items_in_metadata": len(raw.items),
     }
+    metadata_only = len(set(raw.items["item"].to_numpy()) - set(raw.events["item"].to_numpy()))
+    raw.resolve_items()
+    steps = P.Steps()
     seqs, originals = P.events_to_sequences(raw.events)
     seqs, splits = P.apply(protocol, seqs, steps)
 
@@ -42,7 +43,6 @@ def prepare(raw: RawData, protocol) -> PreparedDataset:
     items = _item_table(raw, surviving_ids[order])
 
     interacted_but_dropped = raw_counts["items_interacted"] - len(items)
-    metadata_only = len(set(raw.items["item"]) - set(raw.events["item"]))
     stats = {
         "dataset": raw.name,
         "created_by": f"agentrec {__version__}",

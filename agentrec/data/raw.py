@@ -58,6 +58,20 @@ class LoadReport:
         return {"counts": dict(sorted(self.counts.items())), "bad_line_examples": list(self.bad_lines)}
 
 
+class LineFaults:
+    """Raise ``DataFormatError`` for a malformed line of one file, or count it with ``skip_bad``."""
+
+    def __init__(self, path: str | Path, *, skip_bad: bool, report: LoadReport):
+        self.path = path
+        self.skip_bad = skip_bad
+        self.report = report
+
+    def __call__(self, line_no: int, reason: str) -> None:
+        if not self.skip_bad:
+            raise DataFormatError(self.path, line_no, reason + " (use --skip-bad to count and skip such lines)")
+        self.report.bad_line(self.path, line_no, reason)
+
+
 @dataclass
 class RawData:
     """A loaded source, before any protocol.
@@ -92,7 +106,7 @@ class RawData:
         if self.items.empty:
             self.items = pd.DataFrame({"item": pd.unique(self.events["item"]), "title": None})
             self.report.add("items_without_metadata", len(self.items))
-        known = set(self.items["item"])
+        known = set(self.items["item"].to_numpy())
         unknown = ~self.events["item"].isin(known)
         if unknown.any():
             # Interactions with items absent from the metadata: kept (the id is real), recorded.

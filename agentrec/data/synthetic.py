@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -165,6 +166,7 @@ def load_synthetic(
     )
 
 
+@dataclass
 class _Catalogue:
     """Items in internal order: sorted by category, then by popularity rank inside the category.
 
@@ -172,13 +174,12 @@ class _Catalogue:
     internal index to its original id string (a seeded permutation, so ids do not reveal categories).
     """
 
-    def __init__(self, frame, ids, offsets, sizes, cdf, category_weight):
-        self.frame = frame  # items table in original-id order
-        self.ids = ids  # (N,) object (str), original id of each internal index
-        self.offsets = offsets  # (C,) int64, first internal index of each category
-        self.sizes = sizes  # (C,) int64
-        self.cdf = cdf  # (N,) float64, category + within-category popularity CDF, see _popularity_cdf
-        self.category_weight = category_weight  # (C,) float64, sums to 1
+    frame: pd.DataFrame  # items table in original-id order
+    ids: np.ndarray  # (N,) object (str), original id of each internal index
+    offsets: np.ndarray  # (C,) int64, first internal index of each category
+    sizes: np.ndarray  # (C,) int64
+    cdf: np.ndarray  # (N,) float64, category + within-category popularity CDF, see _popularity_cdf
+    category_weight: np.ndarray  # (C,) float64, share of the catalogue, sums to 1
 
     @property
     def n_categories(self) -> int:
