@@ -174,25 +174,63 @@ def format_stats(stats: dict) -> str:
 
 class ModelName(str, Enum):
     pop = "pop"
+    gru4rec = "gru4rec"
+    narm = "narm"
+    srgnn = "srgnn"
+    niser = "niser"
+    msgat = "msgat"
 
 
 @app.command("train")
 @user_errors
 def train(
-    model: Annotated[ModelName, typer.Option(help="Model to train.")],
+    model: Annotated[ModelName, typer.Option(help="Model to train (pop is the popularity floor).")],
     data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
     out: Annotated[Path, typer.Option(help="Run folder to write (run.json, weights.safetensors).")],
-    exclude_history: Annotated[bool, typer.Option("--exclude-history/--allow-history", help="Remove items already in the session from the candidates (validation here, test later).")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    config: Annotated[Optional[Path], typer.Option(help="JSON file with 'train' and 'model' sections; flags given here win over it.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Most epochs (default 30; early stopping usually ends sooner).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Training batch size (default 100, as SemSR).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (default 0.001).")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="L2 penalty (default 1e-5, as SR-GNN).")] = None,
+    lr_step: Annotated[Optional[int], typer.Option(help="Decay the learning rate every N epochs (default 3).")] = None,
+    lr_gamma: Annotated[Optional[float], typer.Option(help="Decay factor (default 0.1; 1 keeps it constant).")] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Stop after N epochs without validation improvement (default 3).")] = None,
+    select_metric: Annotated[Optional[str], typer.Option(help="Validation metric for early stopping (default recall@100, as SemSR).")] = None,
+    embedding_size: Annotated[Optional[int], typer.Option(help="Item and session vector size (default 100).")] = None,
+    model_option: Annotated[Optional[list[str]], typer.Option("--set", help="Model setting NAME=VALUE, e.g. --set sigma=8 --set hidden_size=64; see the model's Config.")] = None,
+    exclude_history: Annotated[Optional[bool], typer.Option("--exclude-history/--allow-history", help="Remove items already in the session from the candidates when validating (default: allow).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for initialisation and shuffling (default 0).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Torch threads (default 1: often fastest on a small shared machine).")] = None,
+    max_train_samples: Annotated[Optional[int], typer.Option(help="Train on a seeded subsample of this many samples.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ):
-    """Train a model on the train split, selecting on validation; test is not touched."""
-    _setup_logging(verbose)
+    """Train a model on the train split, selecting the epoch on validation; test is never touched.
+
+    Precedence: flags > --config file > defaults. Example:
+
+      agentrec train --model niser --data data/ml-100k --out runs/niser --epochs 20 --set sigma=16
+    """
+    _setup_logging(False)
     from agentrec.data.dataset import PreparedDataset
     from agentrec.metrics import format_metrics
     from agentrec.runs import train_popularity
+    from agentrec.settings import build_model, build_train_config
 
     dataset = PreparedDataset.load(data)
-    info = train_popularity(dataset, out, exclude_history=exclude_history)
+    flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "lr_step": lr_step,
+             "lr_gamma": lr_gamma, "patience": patience, "select_metric": select_metric,
+             "exclude_history": exclude_history, "seed": seed, "threads": threads,
+             "max_train_samples": max_train_samples}
+    train_config = build_train_config(config, flags)
+    if model == ModelName.pop:
+        info = train_popularity(dataset, out, exclude_history=train_config.exclude_history)
+    else:
+        from agentrec.training import train_model
+
+        net = build_model(model.value, dataset, config, embedding_size=embedding_size, settings=model_option or [])
+        info = train_model(net, dataset, train_config, out=out, progress=not quiet)
+        typer.echo(f"best epoch {info.best_epoch} of {len(info.history)} by validation {train_config.select_metric}; "
+                   f"median {info.extra['median_samples_per_second']:.0f} training samples/s")
     typer.echo(f"{info.model} on {dataset.name}: validation ({len(dataset.valid):,} samples)")
     typer.echo(format_metrics(info.valid))
     typer.echo(f"\nwrote {out}; test it once with 'agentrec evaluate {out}'")

@@ -6,6 +6,11 @@ import importlib
 
 MODELS: dict[str, str] = {
     "pop": "agentrec.models.popularity:Popularity",
+    "gru4rec": "agentrec.models.gru4rec:GRU4Rec",
+    "narm": "agentrec.models.narm:NARM",
+    "srgnn": "agentrec.models.srgnn:SRGNN",
+    "niser": "agentrec.models.niser:NISER",
+    "msgat": "agentrec.models.msgat:MSGAT",
 }
 
 

@@ -1,0 +1,140 @@
+"""The contract every neural session model follows, and the parts they share.
+
+A model file (``gru4rec.py``, ``narm.py``, ``srgnn.py``, ``niser.py``, ``msgat.py``) implements only
+``encode``: a batch of sessions in, one vector per session out. Everything else lives here once:
+the item table, scoring all items, the loss, turning samples into batches.
+
+Batches are built in the data pipeline (``make_batch``), never in ``forward``: a model that needs
+more than the padded item matrix (session graphs for SR-GNN, NISER, MSGAT) says so in
+``extra_inputs``, a classmethod that works on numpy arrays before anything reaches torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass
+class Batch:
+    """A batch of sessions.
+
+    Attributes:
+        items: ``(B, L)`` item ids, oldest first, padded with 0 on the right.
+        lengths: ``(B,)`` number of real items per row (>= 1).
+        targets: ``(B,)`` next item, or None at inference.
+        extra: model-specific inputs built by ``extra_inputs`` (graphs, aliases ...).
+    """
+
+    items: torch.Tensor
+    lengths: torch.Tensor
+    targets: torch.Tensor | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """``(B, L)`` True at real items."""
+        return self.items > 0
+
+    def last_items(self) -> torch.Tensor:
+        """``(B,)`` the most recent item of each session."""
+        return self.items.gather(1, (self.lengths - 1).clamp(min=0).view(-1, 1)).squeeze(1)
+
+
+def gather_last(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``x[b, lengths[b] - 1]`` for a ``(B, L, D)`` tensor -> ``(B, D)``."""
+    index = (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, x.size(-1))
+    return x.gather(1, index).squeeze(1)
+
+
+@dataclass
+class ModelConfig:
+    """Fields every model shares; each model's config subclasses this."""
+
+    embedding_size: int = 100  # d in the papers (SemSR: d1 = d = 100)
+    max_history: int = 50  # longest history a batch carries (the dataset caps it too)
+
+
+class SessionModel(nn.Module):
+    """Base class: item table, scoring and loss. Subclasses implement ``encode``.
+
+    Subclasses set ``Config`` (a ``ModelConfig`` dataclass) and ``name``.
+    """
+
+    Config = ModelConfig
+    name = "base"
+    paper = ""
+    reference = ""
+
+    def __init__(self, n_items: int, config: ModelConfig | None = None):
+        super().__init__()
+        self.n_items = n_items
+        self.config = config or self.Config()
+        # Row 0 is padding; rows 1..n_items are the catalogue.
+        self.item_embedding = nn.Embedding(n_items + 1, self.config.embedding_size, padding_idx=0)
+
+    # ----- what a subclass provides --------------------------------------------------------------
+
+    def encode(self, batch: Batch) -> torch.Tensor:
+        """``(B, D)`` session vectors."""
+        raise NotImplementedError
+
+    @classmethod
+    def extra_inputs(cls, items: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
+        """Model-specific inputs computed from ``(B, L)`` items and ``(B,)`` lengths in numpy."""
+        return {}
+
+    # ----- shared ---------------------------------------------------------------------------------
+
+    def item_table(self) -> torch.Tensor:
+        """``(N + 1, D)`` vectors every session is scored against."""
+        return self.item_embedding.weight
+
+    def logits(self, sessions: torch.Tensor) -> torch.Tensor:
+        """``(B, N + 1)`` scores of every item; column 0 (padding) is -inf."""
+        scores = sessions @ self.item_table().t()
+        scores[:, 0] = float("-inf")
+        return scores
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.logits(self.encode(batch))
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """Cross-entropy of the next item over the full catalogue."""
+        return nn.functional.cross_entropy(self(batch), batch.targets)
+
+    def make_batch(self, samples, index: np.ndarray, *, device: str | torch.device = "cpu") -> Batch:
+        """Batch of ``samples[index]``: histories truncated to ``max_history``, padded to the longest."""
+        chunk = samples.subset(index)
+        lengths = np.minimum(chunk.lengths, self.config.max_history)
+        items = chunk.padded(max(1, int(lengths.max(initial=1))), align="left")
+        lengths = np.maximum(lengths, 1)  # an empty history scores as one padding item
+        extra = {k: torch.from_numpy(v).to(device) for k, v in self.extra_inputs(items, lengths).items()}
+        return Batch(
+            items=torch.from_numpy(items).to(device),
+            lengths=torch.from_numpy(lengths.astype(np.int64)).to(device),
+            targets=torch.from_numpy(chunk.target.astype(np.int64)).to(device),
+            extra=extra,
+        )
+
+    def score_chunk(self, samples, index: np.ndarray) -> torch.Tensor:
+        """``(len(index), N + 1)`` scores, for the evaluator."""
+        device = next(self.parameters()).device
+        return self(self.make_batch(samples, index, device=device))
+
+    @classmethod
+    def from_config(cls, config: dict, dataset) -> SessionModel:
+        return cls(dataset.n_items, cls.Config(**config))
+
+    def config_dict(self) -> dict:
+        return dataclasses.asdict(self.config)
+
+    def reset_uniform(self) -> None:
+        """Uniform(-1/sqrt(d), 1/sqrt(d)) on every parameter, as SR-GNN, NISER and MSGAT initialise."""
+        bound = 1.0 / np.sqrt(self.config.embedding_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -bound, bound)

@@ -1,0 +1,158 @@
+"""Train a session model: Adam, step learning-rate decay, early stopping on a validation metric.
+
+The checkpoint kept is the one with the best validation metric; test is never looked at here
+(``agentrec evaluate`` does that, once, on the kept checkpoint).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from agentrec.metrics import DEFAULT_KS
+from agentrec.runs import RunInfo, dataset_ref, evaluate_model, save_run
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; defaults follow SR-GNN / NISER as SemSR uses them."""
+
+    epochs: int = 30  # upper bound; early stopping usually ends sooner
+    batch_size: int = 100  # SemSR: mini-batch size 100
+    lr: float = 1e-3
+    weight_decay: float = 1e-5  # L2 penalty (SR-GNN: 1e-5)
+    lr_step: int = 3  # decay the learning rate every lr_step epochs ...
+    lr_gamma: float = 0.1  # ... by this factor (SR-GNN); 1.0 keeps it constant
+    select_metric: str = "recall@100"  # validation metric for early stopping (SemSR: Recall@100)
+    patience: int = 3  # epochs without improvement before stopping
+    exclude_history: bool = False  # remove history items from the candidates when validating
+    seed: int = 0
+    threads: int = 1  # torch intra-op threads; one is often fastest on a shared 2-core machine
+    eval_memory_mb: float = 256.0
+    max_train_samples: int | None = None  # train on a seeded subsample (quick experiments)
+    bucket: int = 50  # sort each run of `bucket` batches by history length (less padding); 0 = plain shuffle
+
+
+def set_seed(seed: int) -> None:
+    import random
+
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def batch_indices(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, bucket: int) -> list[np.ndarray]:
+    """Shuffled batches. With ``bucket``, samples of similar history length share a batch, so
+    padding (and the time spent on it) shrinks, while batch order stays random."""
+    order = rng.permutation(len(lengths))
+    if bucket > 1:
+        span = batch_size * bucket
+        order = np.concatenate([
+            chunk[np.argsort(lengths[chunk], kind="stable")]
+            for chunk in np.split(order, range(span, len(order), span))
+        ])
+    batches = np.split(order, range(batch_size, len(order), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def train_model(model, dataset, config: TrainConfig, *, out: str | Path | None = None, progress: bool = True) -> RunInfo:
+    """Train ``model`` on ``dataset.train``, select on ``dataset.valid``, save to ``out``.
+
+    Returns the run record: per-epoch loss, throughput and validation metrics, the best epoch and
+    its validation metrics.
+    """
+    import torch
+
+    torch.set_num_threads(config.threads)
+    set_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    train = dataset.train
+    if config.max_train_samples is not None and config.max_train_samples < len(train):
+        train = train.subset(np.sort(rng.choice(len(train), config.max_train_samples, replace=False)))
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
+    ks = tuple(sorted(set(DEFAULT_KS) | {int(config.select_metric.split("@")[1])}))
+
+    history, best, best_state, best_epoch, stale = [], -math.inf, None, None, 0
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        batches = batch_indices(np.minimum(train.lengths, model.config.max_history), config.batch_size, rng, config.bucket)
+        started = time.perf_counter()
+        total_loss, seen = 0.0, 0
+        bar = _bar(len(train), f"epoch {epoch}") if progress else None
+        for index in batches:
+            batch = model.make_batch(train, index)
+            loss = model.loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item() * len(index)
+            seen += len(index)
+            if bar is not None:
+                bar.update(len(index))
+                bar.set_postfix(loss=f"{loss.item():.3f}", sps=f"{seen / (time.perf_counter() - started):.0f}")
+        train_seconds = time.perf_counter() - started
+        scheduler.step()
+        model.eval()
+        valid = evaluate_model(model, dataset, "valid", ks=ks, exclude_history=config.exclude_history,
+                               memory_budget_mb=config.eval_memory_mb)
+        score = valid.metrics[config.select_metric]
+        row = {
+            "epoch": epoch,
+            "loss": total_loss / seen,
+            "train_seconds": train_seconds,
+            "samples_per_second": seen / train_seconds,
+            "valid_seconds": valid.seconds,
+            "valid": valid.metrics,
+        }
+        history.append(row)
+        if bar is not None:
+            bar.set_postfix(loss=f"{row['loss']:.3f}", sps=f"{row['samples_per_second']:.0f}",
+                            **{config.select_metric: f"{score:.4f}"})
+            bar.close()
+        logger.info("epoch %d: loss %.4f, %.0f samples/s, valid %s %.4f", epoch, row["loss"],
+                    row["samples_per_second"], config.select_metric, score)
+        if score > best:
+            best, best_epoch, stale = score, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+            if stale >= config.patience:
+                logger.info("no improvement in %d epochs: stopping after epoch %d", stale, epoch)
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    info = RunInfo(
+        model=model.name,
+        model_config=model.config_dict(),
+        train_config=asdict(config),
+        dataset=dataset_ref(dataset),
+        history=history,
+        best_epoch=best_epoch,
+        valid=history[best_epoch - 1]["valid"],
+        extra={
+            "train_samples": len(train),
+            "median_samples_per_second": float(np.median([h["samples_per_second"] for h in history])),
+            "paper": getattr(model, "paper", ""),
+            "reference": getattr(model, "reference", ""),
+        },
+    )
+    if out is not None:
+        save_run(out, info, model.state_dict())
+    return info
+
+
+def _bar(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="sample", leave=True, dynamic_ncols=True)
