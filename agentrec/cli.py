@@ -181,6 +181,11 @@ class ModelName(str, Enum):
     msgat = "msgat"
 
 
+class SemanticMode(str, Enum):
+    init = "init"
+    fusion = "fusion"
+
+
 @app.command("train")
 @user_errors
 def train(
@@ -202,6 +207,8 @@ def train(
     seed: Annotated[Optional[int], typer.Option(help="Seed for initialisation and shuffling (default 0).")] = None,
     threads: Annotated[Optional[int], typer.Option(help="Torch threads (default 1: often fastest on a small shared machine).")] = None,
     max_train_samples: Annotated[Optional[int], typer.Option(help="Train on a seeded subsample of this many samples.")] = None,
+    semantic: Annotated[Optional[SemanticMode], typer.Option(help="SemSR variant: 'init' starts the item table from LLM item embeddings (SemSR-I); 'fusion' adds a frozen LLM item table and session branch (SemSR-F).")] = None,
+    embedder: Annotated[str, typer.Option(help="Item-text embedder for --semantic: minilm (offline default), smollm2, st:HUB_ID, hf:HUB_ID.")] = "minilm",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ):
     """Train a model on the train split, selecting the epoch on validation; test is never touched.
@@ -225,10 +232,23 @@ def train(
     if model == ModelName.pop:
         info = train_popularity(dataset, out, exclude_history=train_config.exclude_history)
     else:
-        from agentrec.training import train_model
+        from agentrec.training import set_seed, train_model
 
+        set_seed(train_config.seed)  # before the model exists: initial weights follow the seed too
         net = build_model(model.value, dataset, config, embedding_size=embedding_size, settings=model_option or [])
-        info = train_model(net, dataset, train_config, out=out, progress=not quiet)
+        described = None
+        if semantic is not None:
+            from agentrec.models.semantic import SemanticFusion, load_llm_table, semantic_init
+
+            table = load_llm_table(dataset, embedder, progress=not quiet)
+            if semantic == SemanticMode.init:
+                described = semantic_init(net, table)
+            else:
+                net = SemanticFusion(net, table)
+                described = net.fusion_dict()
+            described["embedder"] = embedder
+            typer.echo(f"semantic variant: {described}")
+        info = train_model(net, dataset, train_config, out=out, progress=not quiet, semantic=described)
         typer.echo(f"best epoch {info.best_epoch} of {len(info.history)} by validation {train_config.select_metric}; "
                    f"median {info.extra['median_samples_per_second']:.0f} training samples/s")
     typer.echo(f"{info.model} on {dataset.name}: validation ({len(dataset.valid):,} samples)")
@@ -252,9 +272,123 @@ def evaluate(
 
     info, result = evaluate_run(run, data=data, split=split.value, exclude_history=exclude_history,
                                 memory_budget_mb=memory_mb, progress=True)
-    typer.echo(f"{info.model} on {info.dataset['name']} ({info.dataset.get('protocol')}), {split.value}: {result.describe()}")
+    variant = f" + SemSR-{info.semantic['mode'][0].upper()} ({info.semantic.get('embedder')})" if info.semantic else ""
+    typer.echo(f"{info.model}{variant} on {info.dataset['name']} ({info.dataset.get('protocol')}), {split.value}: {result.describe()}")
     typer.echo(format_metrics(result.metrics))
     typer.echo(f"({result.seconds:.2f} s)")
+
+
+# ---------------------------------------------------------------- index: the catalogue in Chroma (agentrec.index)
+index_app = typer.Typer(
+    help="Embed a dataset's catalogue into a Chroma collection and search it by cosine distance.\n\n"
+    "Typical flow: 'agentrec index build --data data/ml-100k', then "
+    "'agentrec index query \"toy story\" --data data/ml-100k'.",
+    no_args_is_help=True,
+)
+app.add_typer(index_app, name="index")
+
+_EMBEDDER_HELP = "Item-text embedder: minilm (offline default), smollm2, st:HUB_ID_OR_PATH, hf:HUB_ID_OR_PATH."
+_STORE_HELP = "Folder of the on-disk Chroma store (ignored with --chroma-host)."
+_HOST_HELP = "HOST:PORT of a Chroma server (started with 'chroma run --path DIR --port 8000') to use instead of --store."
+
+
+def _torch_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+@index_app.command("build")
+@user_errors
+def index_build(
+    data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
+    embedder: Annotated[str, typer.Option(help=_EMBEDDER_HELP)] = "minilm",
+    store: Annotated[Path, typer.Option(help=_STORE_HELP)] = Path("vectorstore"),
+    chroma_host: Annotated[Optional[str], typer.Option(help=_HOST_HELP)] = None,
+    collection: Annotated[Optional[str], typer.Option(help="Collection name (default: DATASET-FINGERPRINT-EMBEDDER).")] = None,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Replace a collection that was built from another embedder, dataset, item text or HNSW settings.")] = False,
+    ef_construction: Annotated[int, typer.Option(help="HNSW candidate list size while inserting.")] = 200,
+    ef_search: Annotated[int, typer.Option(help="HNSW candidate list size while searching (fixed at creation).")] = 100,
+    max_neighbors: Annotated[int, typer.Option(help="HNSW graph edges per node (M).")] = 16,
+    threads: Annotated[int, typer.Option(help="Torch threads for embedding (default 1: often fastest on a small shared machine).")] = 1,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+):
+    """Embed every item's text and store it in a Chroma collection; a complete matching collection is reused.
+
+    Item vectors are cached in the dataset folder: building again (other store, settings, after a crash) embeds nothing.
+
+    Examples:
+
+      agentrec index build --data data/ml-100k
+
+      agentrec index build --data data/ml-100k --embedder smollm2 --store vectorstore
+
+      agentrec index build --data data/syn --chroma-host 127.0.0.1:8000 --ef-search 200 --rebuild
+    """
+    _setup_logging(False)
+    import time
+
+    from agentrec.data.dataset import PreparedDataset
+    from agentrec.index import CatalogueIndex, HNSWSettings
+
+    _torch_threads(threads)
+    started = time.perf_counter()
+    dataset = PreparedDataset.load(data)
+    hnsw = HNSWSettings(ef_construction=ef_construction, ef_search=ef_search, max_neighbors=max_neighbors)
+    index = CatalogueIndex.build(dataset, embedder, store=store, chroma_host=chroma_host, collection=collection,
+                                 hnsw=hnsw, rebuild=rebuild, progress=not quiet)
+    seconds = time.perf_counter() - started
+    typer.echo(f"collection  {index.name}  ({'reused' if index.reused else 'built'}, {index.location})")
+    typer.echo(f"items       {index.count:,}   dimension {index.dimension}   {seconds:.1f} s")
+    where = f"--chroma-host {chroma_host}" if chroma_host else f"--store {store}"
+    typer.echo(f"\nsearch it with: agentrec index query \"TEXT\" --data {data} {where} --embedder {embedder}")
+
+
+@index_app.command("query")
+@user_errors
+def index_query(
+    texts: Annotated[list[str], typer.Argument(help="One or more texts, e.g. titles an LLM wrote; all are embedded and searched in one batch.")],
+    data: Annotated[Optional[Path], typer.Option(help="Prepared dataset folder: picks its default collection and checks the collection was built from it.")] = None,
+    store: Annotated[Path, typer.Option(help=_STORE_HELP)] = Path("vectorstore"),
+    chroma_host: Annotated[Optional[str], typer.Option(help=_HOST_HELP)] = None,
+    collection: Annotated[Optional[str], typer.Option(help="Collection name (default: the dataset's, or the store's only one for this embedder).")] = None,
+    embedder: Annotated[str, typer.Option(help=_EMBEDDER_HELP + " Must be the one the collection was built with.")] = "minilm",
+    k: Annotated[int, typer.Option("--k", "-k", help="Nearest items to list per text.")] = 10,
+    exact: Annotated[bool, typer.Option("--exact", help="Exact search over every item vector instead of HNSW (for checking).")] = False,
+    threads: Annotated[int, typer.Option(help="Torch threads for embedding.")] = 1,
+):
+    """List the catalogue items nearest to each text, by cosine distance (0 = same direction).
+
+    Examples:
+
+      agentrec index query "toy story" --data data/ml-100k
+
+      agentrec index query "the godfather" "heat" --data data/ml-100k --k 5
+
+      agentrec index query "wireless headphones" --chroma-host 127.0.0.1:8000 --collection my-catalogue
+    """
+    _setup_logging(False)
+    from agentrec.data.dataset import PreparedDataset
+    from agentrec.index import CatalogueIndex
+
+    _torch_threads(threads)
+    dataset = PreparedDataset.load(data) if data else None
+    index = CatalogueIndex.open(dataset, embedder, store=store, chroma_host=chroma_host, collection=collection)
+    matches = index.exact_match(texts, k) if exact else index.match(texts, k)
+    found = [int(i) for i in matches.item_ids.ravel() if i]
+    titles = dict(zip(found, index.titles(found)))
+    width = min(60, max([len("title")] + [len(t) for t in titles.values()]))
+    for row, text in enumerate(texts):
+        if row:
+            typer.echo("")
+        typer.echo(f"query: {text!r}   ({index.name}, {'exact' if exact else 'HNSW'} search)")
+        typer.echo(f"{'rank':>4}  {'item':>7}  {'title':<{width}}  {'distance':>8}")
+        for rank, (item, distance) in enumerate(zip(matches.item_ids[row], matches.distances[row]), 1):
+            if item:
+                title = titles[int(item)]
+                title = title if len(title) <= width else title[: width - 3] + "..."
+                typer.echo(f"{rank:>4}  {item:>7}  {title:<{width}}  {distance:>8.4f}")
+
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ class RunInfo:
     best_epoch: int | None = None
     valid: dict = field(default_factory=dict)  # metrics of the selected checkpoint on validation
     test: dict = field(default_factory=dict)  # filled by evaluate, never during training
+    semantic: dict = field(default_factory=dict)  # SemSR variant: mode (init/fusion), embedder, ...
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -80,7 +81,13 @@ def load_model(run: str | Path, dataset):
     check_dataset(info, dataset)
     cls = model_class(info.model)
     model = cls.from_config(info.model_config, dataset) if hasattr(cls, "from_config") else cls(dataset.n_items)
-    model.load_state_dict(load_file(str(Path(run) / WEIGHTS_FILE)))
+    state = load_file(str(Path(run) / WEIGHTS_FILE))
+    if info.semantic.get("mode") == "fusion":
+        from agentrec.models.semantic import FusionConfig, SemanticFusion
+
+        model = SemanticFusion(model, state["llm_items"].numpy(),
+                               FusionConfig(output_size=info.semantic.get("output_size")))
+    model.load_state_dict(state)
     if hasattr(model, "eval"):
         model.eval()
     return info, model

@@ -65,7 +65,8 @@ def batch_indices(lengths: np.ndarray, batch_size: int, rng: np.random.Generator
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def train_model(model, dataset, config: TrainConfig, *, out: str | Path | None = None, progress: bool = True) -> RunInfo:
+def train_model(model, dataset, config: TrainConfig, *, out: str | Path | None = None, progress: bool = True,
+                semantic: dict | None = None) -> RunInfo:
     """Train ``model`` on ``dataset.train``, select on ``dataset.valid``, save to ``out``.
 
     Returns the run record: per-epoch loss, throughput and validation metrics, the best epoch and
@@ -133,8 +134,9 @@ def train_model(model, dataset, config: TrainConfig, *, out: str | Path | None =
     model.load_state_dict(best_state)
     model.eval()
     info = RunInfo(
-        model=model.name,
+        model=getattr(model, "base", model).name,
         model_config=model.config_dict(),
+        semantic=semantic or {},
         train_config=asdict(config),
         dataset=dataset_ref(dataset),
         history=history,

@@ -212,6 +212,8 @@ def read_items(path: Path) -> pd.DataFrame:
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}:{line_no}: not valid JSON ({error.msg})") from None
     items = pd.DataFrame(rows)
+    if "year" in items:
+        items["year"] = pd.array(items["year"], dtype="Int64")  # JSON nulls would make it float
     if len(items) and not (items["item_id"].to_numpy() == np.arange(1, len(items) + 1)).all():
         raise ValueError(f"{path}: item ids must be 1..{len(items)} in order")
     return items

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import subprocess
-import sys
-import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -156,53 +153,21 @@ def load_recbole(source: str | Path, *, name: str | None = None, skip_bad: bool 
     return RawData(name=name, events=events, items=items, sources=sources, report=report, time_note=time_note)
 
 
-def recbole_example_dir(dataset: str = "ml-100k", cache_dir: str | Path | None = None) -> Path:
-    """Folder holding RecBole's bundled example dataset, extracted from the ``recbole`` wheel.
+def recbole_example_dir(dataset: str = "ml-100k") -> Path:
+    """Folder holding RecBole's bundled example dataset, read from the ``recbole`` wheel.
 
-    Order of search: an installed ``recbole`` package (found without importing it), then a wheel in
-    the cache, then ``pip download --no-deps recbole==1.2.1`` into the cache (a registry is the only
-    network this needs). The data is GroupLens' and stays out of our repository.
+    An installed ``recbole`` package is used when present (found without importing it); otherwise
+    the wheel is downloaded once (``pip download --no-deps``) and the files extracted into the cache.
+    The data is GroupLens' and stays out of our repository.
     """
-    import importlib.util
+    from agentrec.assets import cache_dir, extract_from_wheel, fetch_wheel, installed_package_dir
 
-    spec = importlib.util.find_spec("recbole")
-    if spec is not None and spec.submodule_search_locations:
-        folder = Path(list(spec.submodule_search_locations)[0]) / "dataset_example" / dataset
-        if (folder / f"{dataset}.inter").exists():
-            return folder
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    target = cache / "recbole-example" / dataset
-    if (target / f"{dataset}.inter").exists():
-        return target
-    wheels = sorted((cache / "wheels").glob("recbole-1.2.1-*.whl"))
-    if not wheels:
-        (cache / "wheels").mkdir(parents=True, exist_ok=True)
-        logger.info("downloading the %s wheel (data only, not installed) into %s", RECBOLE_WHEEL, cache / "wheels")
-        done = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", RECBOLE_WHEEL, "-d", str(cache / "wheels")],
-            capture_output=True, text=True,
-        )
-        wheels = sorted((cache / "wheels").glob("recbole-1.2.1-*.whl"))
-        if done.returncode != 0 or not wheels:
-            raise RuntimeError(
-                f"could not get {RECBOLE_WHEEL} to read {dataset} from it: {done.stderr.strip()[-500:]}\n"
-                f"Download the wheel yourself and pass its folder with --source."
-            )
-    target.mkdir(parents=True, exist_ok=True)
-    prefix = f"recbole/dataset_example/{dataset}/"
-    with zipfile.ZipFile(wheels[0]) as archive:
-        members = [m for m in archive.namelist() if m.startswith(prefix) and m.rsplit(".", 1)[-1] in ("inter", "item")]
-        if not members:
-            raise FileNotFoundError(f"{wheels[0]} has no {prefix}")
-        for member in members:
-            (target / Path(member).name).write_bytes(archive.read(member))
-    return target
-
-
-def default_cache_dir() -> Path:
-    import os
-
-    return Path(os.environ.get("AGENTREC_CACHE", Path.home() / ".cache" / "agentrec"))
+    installed = installed_package_dir("recbole")
+    if installed is not None and (installed / "dataset_example" / dataset / f"{dataset}.inter").exists():
+        return installed / "dataset_example" / dataset
+    target = cache_dir() / "recbole-example" / dataset
+    prefix = f"recbole/dataset_example/{dataset}/{dataset}"
+    return extract_from_wheel(fetch_wheel(RECBOLE_WHEEL), [f"{prefix}.inter", f"{prefix}.item"], target)
 
 
 def load_ml100k(source: str | Path | None = None, *, skip_bad: bool = False) -> RawData:

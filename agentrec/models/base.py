@@ -94,9 +94,13 @@ class SessionModel(nn.Module):
         """``(N + 1, D)`` vectors every session is scored against."""
         return self.item_embedding.weight
 
+    def score(self, sessions: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """The model's scoring rule: ``(B, D)`` sessions against an ``(N + 1, D)`` table."""
+        return sessions @ table.t()
+
     def logits(self, sessions: torch.Tensor) -> torch.Tensor:
         """``(B, N + 1)`` scores of every item; column 0 (padding) is -inf."""
-        scores = sessions @ self.item_table().t()
+        scores = self.score(sessions, self.item_table())
         scores[:, 0] = float("-inf")
         return scores
 

