@@ -98,7 +98,12 @@ class SemanticFusion(SessionModel):
         """``s_l``: ``(B, d2)``."""
         vectors = self.llm_items[batch.items]  # (B, L, d2)
         last = vectors.gather(1, (batch.lengths - 1).view(-1, 1, 1).expand(-1, 1, vectors.size(-1))).squeeze(1)
-        alpha = self.q(torch.sigmoid(self.w1(last).unsqueeze(1) + self.w2(vectors))).squeeze(-1)  # (B, L)
+        if batch.items.numel() > self.llm_items.shape[0]:
+            # fewer catalogue rows than positions: project the catalogue once, then look up
+            projected = self.w2(self.llm_items)[batch.items]
+        else:
+            projected = self.w2(vectors)
+        alpha = self.q(torch.sigmoid(self.w1(last).unsqueeze(1) + projected)).squeeze(-1)  # (B, L)
         earlier = torch.arange(batch.items.size(1), device=alpha.device).unsqueeze(0) < (batch.lengths - 1).unsqueeze(1)
         alpha = torch.softmax(alpha.masked_fill(~earlier, float("-inf")), dim=1)
         alpha = torch.nan_to_num(alpha, nan=0.0)  # a one-item session has no earlier items: s' = 0
