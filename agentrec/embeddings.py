@@ -40,6 +40,21 @@ class Embedder:
         raise NotImplementedError
 
 
+def model_identity(model_ref: str) -> str:
+    """A hub id as it is; a local folder by a digest of its config files and weight sizes, so two
+    different models that happen to sit in folders of the same name never share a fingerprint."""
+    folder = Path(model_ref)
+    if not folder.is_dir():
+        return model_ref
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and (path.suffix in (".json", ".txt") or path.name.startswith("tokenizer")):
+            digest.update(path.name.encode() + path.read_bytes())
+        elif path.is_file() and path.suffix in (".safetensors", ".bin", ".gguf"):
+            digest.update(f"{path.name}:{path.stat().st_size}".encode())
+    return f"{folder.name}@{digest.hexdigest()[:16]}"
+
+
 def _normalise(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return (x / np.where(norms == 0, 1.0, norms)).astype(np.float32)
@@ -73,7 +88,7 @@ class SentenceTransformerEmbedder(Embedder):
 
     @property
     def fingerprint(self) -> str:
-        return f"sentence-transformers|{Path(self.model_ref).name}"
+        return f"sentence-transformers|{model_identity(self.model_ref)}"
 
     def embed(self, texts, *, batch_size=64, progress=False):
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
@@ -81,7 +96,8 @@ class SentenceTransformerEmbedder(Embedder):
             for start in range(0, len(texts), batch_size):
                 chunk = texts[start : start + batch_size]
                 out[start : start + len(chunk)] = self.model.encode(
-                    chunk, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True
+                    chunk, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
+                    show_progress_bar=False,
                 )
                 bar.update(len(chunk))
         return out
@@ -116,7 +132,7 @@ class CausalLMEmbedder(Embedder):
 
     @property
     def fingerprint(self) -> str:
-        return f"causal-lm-mean|{Path(self.model_ref).name}|max_length={self.max_length}"
+        return f"causal-lm-mean|{model_identity(self.model_ref)}|max_length={self.max_length}"
 
     def embed(self, texts, *, batch_size=16, progress=False):
         import torch
