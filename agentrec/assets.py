@@ -102,6 +102,11 @@ def smollm2_hf_dir() -> Path:
     logger.info("converting %s to a Hugging Face folder at %s (once)", gguf.name, target)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The weights are already dequantised to fp32; without these, transformers refuses to save a
+    # model it still believes is GGUF-quantised.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     partial = target.with_name(target.name + ".partial")
     model.save_pretrained(str(partial))
     tokenizer.save_pretrained(str(partial))

@@ -437,6 +437,7 @@ def predict_command(
     tensor_parallel_size: Annotated[int, typer.Option(help="vllm: GPUs per model.")] = 1,
     prefix_caching: Annotated[bool, typer.Option("--prefix-caching/--no-prefix-caching", help="vllm: reuse the KV cache of shared prompt prefixes.")] = True,
     max_model_len: Annotated[Optional[int], typer.Option(help="vllm: context length (default: the model's).")] = None,
+    enforce_eager: Annotated[bool, typer.Option("--enforce-eager", help="vllm: skip compilation and graph capture (starts much sooner, generates slower).")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Bypass the generation cache (nothing read, nothing written).")] = False,
     cache_file: Annotated[Optional[Path], typer.Option(help="Generation cache file (default ~/.cache/agentrec/generations.sqlite).")] = None,
     embedder: Annotated[str, typer.Option(help=_EMBEDDER_HELP)] = "minilm",
@@ -473,7 +474,7 @@ def predict_command(
     engine_config = EngineConfig(model=model, device=device, batch_size=batch_size, threads=threads, base_url=base_url,
                                  api_key=api_key, concurrency=concurrency, timeout_s=timeout_s, retries=retries,
                                  tensor_parallel_size=tensor_parallel_size, prefix_caching=prefix_caching,
-                                 max_model_len=max_model_len)
+                                 max_model_len=max_model_len, enforce_eager=enforce_eager)
     try:
         llm = get_engine(engine.value, engine_config)
         result = predict(data, strategy.value, llm, k=k, limit=limit, out=out, split=split.value, prompts=prompt_config,

@@ -40,6 +40,12 @@ class NARM(SessionModel):
         self.v_t = nn.Linear(c.hidden_size, 1, bias=False)
         self.context_dropout = Dropout(c.context_dropout)
         self.b = nn.Linear(2 * c.hidden_size, c.embedding_size, bias=False)  # the bilinear B
+        # RecBole's initialisation: xavier-normal embeddings and linear maps, xavier-uniform GRU.
+        # With torch's default N(0, 1) embeddings NARM trailed RecBole by 5 points of Recall@20 on ML-100K.
+        for module in (self.item_embedding, self.a_1, self.a_2, self.v_t, self.b):
+            nn.init.xavier_normal_(module.weight)
+        for weight in self.gru.parameters():
+            nn.init.xavier_uniform_(weight)
 
     def encode(self, batch: Batch) -> torch.Tensor:
         x = self.embedding_dropout(self.item_embedding(batch.items))  # (B, L, D)

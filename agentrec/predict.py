@@ -1,0 +1,373 @@
+"""An LLM as the recommender: prompt, generate a title, ground it in the catalogue, measure.
+
+SemSR (arXiv 2508.20587) section 3.2, "LLM as Recommender System": an instruction-tuned LLM reads a
+session's item titles and writes the title of the next item (FS, ZCoT or FSCoT prompts, see
+:mod:`agentrec.prompting`); the generated title is grounded in the real catalogue by its nearest
+items under cosine similarity of text embeddings in a Chroma collection (:mod:`agentrec.index`).
+No public reference code; the prompts follow the paper's Figure 2.
+
+:func:`predict` runs it for the sessions of a split:
+
+1. renders one chat per session (per step: CoT strategies run a rationale step, then a title step),
+2. generates in chunks of ``chunk_size`` sessions, one engine call per step and chunk, through the
+   generation cache (:mod:`agentrec.gencache`: a rerun or resumed run makes no repeated calls),
+3. parses a title from each output (:func:`parse_title`),
+4. grounds all parsed titles with **one** batched :meth:`CatalogueIndex.match` call (top-K),
+5. writes one JSON line per session and returns Recall@K / MRR@K / NDCG@K under :data:`PROTOCOL`.
+
+Example::
+
+    from agentrec.predict import predict
+    result = predict("data/ml-100k", "fs", k=20, limit=100, out="runs/fs.jsonl")
+    print(result.describe())
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from agentrec.engines import Engine, EngineConfig, SamplingParams, get_engine
+from agentrec.gencache import GenerationCache, cached_generate
+from agentrec.prompting import PromptBuilder, PromptConfig, chat_digest, get_strategy
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL = ("LLM title grounded in the catalogue: the parsed title's K nearest items by cosine distance "
+            "(Chroma HNSW over item-text embeddings) are the ranked list; rank = the target's position in it; "
+            "a target outside the list, or an output with no parseable title, is a miss; history items allowed")
+DEFAULT_GROUND_DISTANCE = 0.4  # a parsed title farther than this from every item counts as ungrounded
+
+
+# ================================================================================================ parsing
+# "Title:", "Next Movie Title:", "Answer:", "Recommendation:", "Prediction:", "Movie:" ... and what follows
+# and "The next movie is:", "My recommendation would be" ...
+_MARKER = re.compile(r"\b(?:(?:title|answer|recommendation|recommended\s+\w+|prediction|movie|product|item)\s*[:：]"
+                     r"|(?:next\s+(?:\w+\s+){0,2}|recommendation\s+|prediction\s+|answer\s+)"
+                     r"(?:is|would\s+be|will\s+be|could\s+be)\b[:：]?)",
+                     re.IGNORECASE)
+_BULLET = re.compile(r"^\s*(?:[-*•>]+|\d{1,2}\s*[.)]|\(\d{1,2}\)|#+)\s*")
+_SESSION_LABEL = re.compile(r"session\s*[:：]\s*", re.IGNORECASE)
+_REFUSAL = re.compile(r"^(?:i'?m sorry|i am sorry|sorry\b|i cannot|i can'?t|as an ai)", re.IGNORECASE)
+_DOUBLE_QUOTED = re.compile(r"[\"“”«»](.+?)[\"“”«»]")
+_SINGLE_QUOTED = re.compile(r"^['‘’`](.+?)['‘’`](?=\s|$|[.,;:!?)])")
+_SINGLE_QUOTED_INSIDE = re.compile(r"(?<!\w)['‘`](.+?)['’`](?!\w)")  # not an apostrophe: "movie's"
+_EXPLANATION = re.compile(
+    r"(?:\s+because\b|\s+(?:since|which is|which was|due to|given that)\b"
+    r"|(?:[,;:]|\s[-–—])\s*(?:because|since|as|which|this|it|that|the customer|they|based|given|due)\b"
+    r"|\s\((?:because|since|as|this|it|which|based)\b).*$",
+    re.IGNORECASE | re.DOTALL,
+)
+_SENTENCE_END = re.compile(r"\.\s+(?=[A-Z])")
+_ABBREVIATIONS = {"dr", "mr", "mrs", "ms", "st", "jr", "sr", "vs", "vol", "no", "pt", "ft", "mt", "co", "inc"}
+
+
+def parse_title(text: str | None, *, max_chars: int = 200) -> str | None:
+    """The item title in an LLM's output, or None when there is none.
+
+    Handles: a ``Title:``-style prefix (``Next Movie Title:``, ``Answer:``...; the title may be on
+    the next line), list numbering and bullets, markdown emphasis, quotes around the title (or a
+    quoted title inside a sentence), explanations after the title (``..., because ...``, a second
+    sentence), preamble lines that end with a colon, code fences, refusals, and empty or runaway
+    output (longer than ``max_chars`` after cleaning).
+    """
+    if not text or not text.strip():
+        return None
+    text = text.replace("\r", "")
+    marker = _MARKER.search(text)
+    if marker:
+        lines = text[marker.end() :].split("\n")
+    else:
+        lines = text.split("\n")
+    candidate = None
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("```") or (line.endswith(":") and not marker):
+            continue  # blank, a code fence, or a preamble ("Here is my prediction:")
+        candidate = line
+        break
+    if candidate is None:
+        return None
+    title = _clean_title(candidate)
+    if not title or len(title) > max_chars or not re.search(r"\w", title) or _REFUSAL.match(title):
+        return None
+    return title
+
+
+def _clean_title(line: str) -> str:
+    line = line.replace("**", "").replace("__", "").strip()
+    line = _BULLET.sub("", line).strip()
+    inner = _MARKER.match(line) or _SESSION_LABEL.match(line)  # "1. Title: X", an echoed "Session: 'X', ..."
+    if inner:
+        line = line[inner.end() :].strip()
+    quoted = _SINGLE_QUOTED.match(line) or _DOUBLE_QUOTED.search(line) or _SINGLE_QUOTED_INSIDE.search(line)
+    if quoted and len(quoted.group(1).strip()) >= 2:
+        line = quoted.group(1)
+    else:
+        line = _EXPLANATION.sub("", line)
+        line = _first_sentence(line)
+    line = line.strip().strip("\"'“”‘’`«»*").strip()
+    return line.rstrip(".,;:!-–— ").strip()
+
+
+def _first_sentence(line: str) -> str:
+    """Cut at the first full stop that ends a sentence (not "Dr. Strangelove", not "L.A. Confidential")."""
+    for match in _SENTENCE_END.finditer(line):
+        before = line[: match.start()].rsplit(None, 1)[-1] if line[: match.start()].strip() else ""
+        word = before.rstrip(".").lower()
+        if word in _ABBREVIATIONS or len(word) <= 1 or "." in before:
+            continue
+        return line[: match.start()]
+    return line
+
+
+def _normalise(title: str) -> str:
+    """Lower case, no year in brackets, a trailing article moved to the front ("Godfather, The" is
+    "the godfather"), letters and digits only: for exact-title comparison."""
+    title = re.sub(r"\(\d{4}\)", " ", title.lower()).strip()
+    title = re.sub(r"^(.*),\s*(the|a|an)$", r"\2 \1", title)
+    return " ".join(re.findall(r"\w+", title))
+
+
+# ================================================================================================ settings
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Sampling and batching of a prediction run."""
+
+    title_tokens: int = 32  # most new tokens of a title step (a title is short; this bounds runaway output)
+    rationale_tokens: int = 128  # most new tokens of a rationale step (zcot, fscot)
+    temperature: float = 0.0  # 0 is greedy, as a reproducible default
+    top_p: float = 1.0
+    seed: int = 0
+    chunk_size: int = 256  # sessions per engine call; each chunk is cached before the next starts
+
+    def params(self, output: str) -> SamplingParams:
+        tokens = self.rationale_tokens if output == "rationale" else self.title_tokens
+        return SamplingParams(max_new_tokens=tokens, temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+
+
+@dataclass
+class PredictResult:
+    """What a prediction run measured. Token counts cover every generation the run used (cached or not);
+    throughput counts only the tokens the engine generated in this run, over the engine's wall-clock time."""
+
+    strategy: str
+    engine: str  # engine fingerprint (engine, model, dtype)
+    dataset: str
+    split: str
+    n: int  # sessions
+    k: int
+    metrics: dict[str, float]
+    ranks: np.ndarray = field(repr=False)  # (n,) 1-based, inf = miss
+    protocol: str = PROTOCOL
+    tokens_in: int = 0
+    tokens_out: int = 0
+    unknown_token_counts: int = 0  # generations whose engine reported no token counts
+    generated_tokens_out: int = 0  # tokens the engine generated in this run (cache misses)
+    engine_calls: int = 0  # chats sent to the engine in this run
+    engine_seconds: float = 0.0
+    cache_hits: int = 0
+    cache_lookups: int = 0  # chats looked up (0 with the cache off)
+    unparseable: int = 0  # outputs with no title
+    ungrounded: int = 0  # parsed titles farther than ground_distance from every catalogue item
+    exact_titles: int = 0  # parsed titles equal to their nearest item's title (case, punctuation and year aside)
+    ground_distance: float = DEFAULT_GROUND_DISTANCE
+    seconds: float = 0.0
+    out: str | None = None
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.generated_tokens_out / self.engine_seconds if self.engine_seconds > 0 else float("nan")
+
+    @property
+    def cache_hit_rate(self) -> float:
+        return self.cache_hits / self.cache_lookups if self.cache_lookups else float("nan")
+
+    def summary(self) -> dict:
+        data = {key: value for key, value in asdict(self).items() if key != "ranks"}
+        data.update(tokens_per_s=self.tokens_per_s, cache_hit_rate=self.cache_hit_rate,
+                    unparseable_rate=self.unparseable / self.n if self.n else float("nan"),
+                    ungrounded_rate=self.ungrounded / self.n if self.n else float("nan"))
+        return {key: None if isinstance(value, float) and math.isnan(value) else value for key, value in data.items()}
+
+    def describe(self) -> str:
+        from agentrec.metrics import format_metrics
+
+        n = max(self.n, 1)
+        lines = [
+            f"{self.strategy} with {self.engine} on {self.dataset} ({self.split}, {self.n:,} sessions, top-{self.k})",
+            f"protocol: {self.protocol}",
+            format_metrics(self.metrics, ks=tuple(sorted({min(10, self.k), self.k}))),
+            f"titles: {self.unparseable:,} unparseable ({self.unparseable / n:.1%}), {self.ungrounded:,} ungrounded "
+            f"(nearest item farther than cosine distance {self.ground_distance}; {self.ungrounded / n:.1%}), "
+            f"{self.exact_titles:,} exact catalogue titles ({self.exact_titles / n:.1%})",
+            f"tokens: {self.tokens_in:,} in, {self.tokens_out:,} out"
+            + (f" ({self.unknown_token_counts:,} generations without counts)" if self.unknown_token_counts else ""),
+            f"engine: {self.engine_calls:,} chats in {self.engine_seconds:.1f} s, {self.generated_tokens_out:,} tokens "
+            f"generated ({self.tokens_per_s:.1f} tokens/s)" if self.engine_calls else "engine: not called",
+            f"cache: {self.cache_hits:,} of {self.cache_lookups:,} chats from the cache"
+            + (f" ({self.cache_hit_rate:.0%})" if self.cache_lookups else " (cache off)"),
+        ]
+        return "\n".join(lines)
+
+
+# ================================================================================================ predict
+def predict(dataset, strategy: str = "fs", engine: Engine | str | None = None, *, k: int = 20,
+            limit: int | None = None, out: str | Path | None = None, split: str = "test",
+            engine_config: EngineConfig | None = None, prompts: PromptConfig | None = None,
+            generation: GenerationConfig | None = None, index=None, embedder: str = "minilm",
+            store: str | Path = "vectorstore", chroma_host: str | None = None,
+            cache: GenerationCache | str | Path | bool = True,
+            ground_distance: float = DEFAULT_GROUND_DISTANCE, progress: bool = False) -> PredictResult:
+    """Recommend with an LLM for the sessions of ``split`` and measure it.
+
+    Args:
+        dataset: a :class:`~agentrec.data.dataset.PreparedDataset` or its folder.
+        strategy: ``fs``, ``zcot`` or ``fscot`` (:data:`agentrec.prompting.STRATEGIES`).
+        engine: an :class:`~agentrec.engines.Engine`, or an engine name made with ``engine_config``
+            (default ``hf`` with SmolLM2, offline).
+        k: length of the grounded list (top-K nearest items); metrics at 10 (when K > 10) and K.
+        limit: only the first ``limit`` sessions of the split, in split order.
+        out: JSON-lines file to write, one line per session; a ``.summary.json`` file is written beside it.
+        split: ``test`` or ``valid``; few-shot examples always come from ``train``.
+        engine_config: settings for an engine given by name.
+        prompts: what goes into the prompts (examples, seed, item fields, your own templates).
+        generation: sampling and chunking.
+        index: a :class:`~agentrec.index.CatalogueIndex`; default: built on first use (or reused)
+            from ``embedder`` in ``store`` / ``chroma_host``.
+        cache: True for the default cache file, a path for another, a GenerationCache, or False for none.
+        ground_distance: cosine distance above which a parsed title counts as ungrounded.
+        progress: progress bars while building the index.
+
+    Returns:
+        A :class:`PredictResult`; metrics follow :data:`PROTOCOL`.
+    """
+    from agentrec.data.dataset import PreparedDataset
+    from agentrec.metrics import metrics_from_ranks
+
+    started = time.perf_counter()
+    if not isinstance(dataset, PreparedDataset):
+        dataset = PreparedDataset.load(dataset)
+    plan = get_strategy(strategy)
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    generation = generation or GenerationConfig()
+    if engine is None or isinstance(engine, str):  # else any object with the Engine interface
+        engine = get_engine(engine or "hf", engine_config)
+    cache = _open_cache(cache)
+    if index is None:  # before any generation: a store that does not fit fails now, not after the LLM ran
+        from agentrec.index import CatalogueIndex
+
+        index = CatalogueIndex.build(dataset, embedder, store=store, chroma_host=chroma_host, progress=progress)
+    builder = PromptBuilder(dataset, prompts, split=split)
+    samples = builder.samples
+    n = len(samples) if limit is None else min(int(limit), len(samples))
+    result = PredictResult(strategy=plan.name, engine=engine.fingerprint, dataset=dataset.name, split=split, n=n,
+                           k=min(k, dataset.n_items), metrics={}, ranks=np.zeros(0), ground_distance=ground_distance)
+    if n == 0:
+        raise ValueError(f"{dataset.name}: the {split} split has no sessions to predict")
+
+    raw = [""] * n
+    rationales: list[str | None] = [None] * n
+    prompt_ids = [""] * n
+    tokens = np.zeros((n, 2), dtype=np.int64)  # (n, [in, out]) summed over steps
+    cached = np.ones(n, dtype=bool)  # every step of the session came from the cache
+    chunk_size = max(1, generation.chunk_size)
+    for start in range(0, n, chunk_size):
+        rows = np.arange(start, min(n, start + chunk_size))
+        step_rationales = None
+        for step in plan.steps:
+            chats = builder.step_chats(plan, step, rows, rationales=step_rationales)
+            batch = cached_generate(engine, chats, generation.params(step.output),
+                                    template_digest=builder.template_digest(step.template), cache=cache)
+            result.engine_seconds += batch.engine_seconds
+            result.cache_hits += batch.hits if cache is not None else 0
+            result.cache_lookups += len(chats) if cache is not None else 0
+            for j, (row, made, from_cache) in enumerate(zip(rows, batch.generations, batch.cached)):
+                cached[row] &= from_cache
+                if made.tokens_in is None or made.tokens_out is None:
+                    result.unknown_token_counts += 1
+                else:
+                    tokens[row] += (made.tokens_in, made.tokens_out)
+                if not from_cache:
+                    result.engine_calls += 1
+                    result.generated_tokens_out += made.tokens_out or 0
+                if step.output == "rationale":
+                    rationales[row] = made.text
+                else:
+                    raw[row] = made.text
+                    prompt_ids[row] = chat_digest(chats[j])[:16]
+            if step.output == "rationale":
+                step_rationales = [rationales[row] for row in rows]
+        logger.info("%s: generated %d of %d sessions (%.1f s in the engine)", plan.name, rows[-1] + 1, n,
+                    result.engine_seconds)
+    result.tokens_in, result.tokens_out = (int(x) for x in tokens.sum(0))
+
+    # ground every parsed title at once: one embedder call, one Chroma query
+    titles = [parse_title(text) for text in raw]
+    parsed = [row for row, title in enumerate(titles) if title]
+    matches = index.match([titles[row] for row in parsed], k=result.k) if parsed else None
+    catalogue_titles = dataset.titles()
+    targets = samples.target[:n].astype(np.int64)
+    ranks = np.full(n, math.inf)
+    top: list[list[dict]] = [[] for _ in range(n)]
+    for m, row in enumerate(parsed):
+        ids, distances = matches.item_ids[m], matches.distances[m]
+        found = np.flatnonzero(ids == targets[row])
+        ranks[row] = found[0] + 1 if found.size else math.inf
+        top[row] = [{"item_id": int(i), "title": catalogue_titles[int(i) - 1], "distance": round(float(d), 6)}
+                    for i, d in zip(ids, distances) if i > 0]
+        if not top[row] or top[row][0]["distance"] > ground_distance:
+            result.ungrounded += 1
+        elif _normalise(top[row][0]["title"]) == _normalise(titles[row]):
+            result.exact_titles += 1
+    result.unparseable = n - len(parsed)
+    result.ranks = ranks
+    ks = tuple(sorted({min(10, result.k), result.k}))
+    result.metrics = metrics_from_ranks(ranks, ks)
+
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "w", encoding="utf-8") as handle:
+            for row in range(n):
+                target = int(targets[row])
+                record = {
+                    "session": str(samples.session[row]), "sample": row, "split": split, "strategy": plan.name,
+                    "prompt_id": prompt_ids[row], "rationale": rationales[row], "raw": raw[row], "title": titles[row],
+                    "target": target, "target_title": catalogue_titles[target - 1],
+                    "rank": None if math.isinf(ranks[row]) else int(ranks[row]), "top_k": top[row],
+                    "tokens_in": int(tokens[row, 0]), "tokens_out": int(tokens[row, 1]), "cached": bool(cached[row]),
+                }
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        result.out = str(out)
+    result.seconds = time.perf_counter() - started
+    if out is not None:
+        summary_path = out.with_suffix(".summary.json")
+        summary_path.write_text(json.dumps(result.summary(), indent=2, default=_json_number) + "\n")
+    return result
+
+
+def _open_cache(cache) -> GenerationCache | None:
+    if cache is True:
+        return GenerationCache()
+    if cache is False or cache is None:
+        return None
+    if isinstance(cache, GenerationCache):
+        return cache
+    return GenerationCache(cache)
+
+
+def _json_number(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    raise TypeError(f"not JSON serialisable: {type(value)}")
