@@ -109,3 +109,22 @@ def test_bucketed_batches_cover_every_sample_once():
     spread = np.mean([np.ptp(lengths[b]) for b in batches])
     random_spread = np.mean([np.ptp(lengths[b]) for b in batch_indices(lengths, 10, np.random.default_rng(1), bucket=0)])
     assert spread < random_spread / 3
+
+
+def test_cached_scoring_table_follows_weight_updates():
+    ds = cycle_dataset()
+    model = model_class("niser")(ds.n_items, model_class("niser").Config(embedding_size=8)).eval()
+    index = np.arange(4)
+    with torch.no_grad():
+        before = model.score_chunk(ds.test, index)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    model.train()
+    model.loss(model.make_batch(ds.train, np.arange(16))).backward()
+    optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        after = model.score_chunk(ds.test, index)
+    with torch.enable_grad():
+        uncached = model.score_chunk(ds.test, index).detach()
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, uncached)

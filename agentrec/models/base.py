@@ -94,13 +94,34 @@ class SessionModel(nn.Module):
         """``(N + 1, D)`` vectors every session is scored against."""
         return self.item_embedding.weight
 
+    def prepare_table(self, table: torch.Tensor) -> torch.Tensor:
+        """Whatever the scoring rule does to the item table alone (NISER: normalise it)."""
+        return table
+
     def score(self, sessions: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        """The model's scoring rule: ``(B, D)`` sessions against an ``(N + 1, D)`` table."""
+        """The model's scoring rule: ``(B, D)`` sessions against a prepared ``(N + 1, D)`` table."""
         return sessions @ table.t()
+
+    def scoring_table(self) -> torch.Tensor:
+        """``prepare_table(item_table())``, computed once per set of weights while evaluating.
+
+        Training recomputes it every step (gradients flow through it). Without gradients it is
+        cached and keyed by the parameters' version counters, which every optimiser step and
+        ``load_state_dict`` bump: evaluating 100,000 sessions against 500,000 items must not
+        rebuild a 500,000-row table for every chunk.
+        """
+        if self.training or torch.is_grad_enabled():
+            return self.prepare_table(self.item_table())
+        key = tuple(p._version for p in self.parameters()) + tuple(b._version for b in self.buffers())
+        cached = getattr(self, "_table_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, self.prepare_table(self.item_table()))
+            self._table_cache = cached
+        return cached[1]
 
     def logits(self, sessions: torch.Tensor) -> torch.Tensor:
         """``(B, N + 1)`` scores of every item; column 0 (padding) is -inf."""
-        scores = self.score(sessions, self.item_table())
+        scores = self.score(sessions, self.scoring_table())
         scores[:, 0] = float("-inf")
         return scores
 

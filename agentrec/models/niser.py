@@ -38,9 +38,12 @@ class NISER(SRGNN):
         self.item_dropout = Dropout(self.config.item_dropout)
         self.reset_uniform()
 
+    def prepare_table(self, table: torch.Tensor) -> torch.Tensor:
+        return F.normalize(table, dim=-1)
+
     def score(self, sessions: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         # sigma * cosine: both sides normalised, so popular items cannot win on vector length
-        return self.config.sigma * F.normalize(sessions, dim=-1) @ F.normalize(table, dim=-1).t()
+        return self.config.sigma * F.normalize(sessions, dim=-1) @ table.t()
 
     def encode(self, batch: Batch) -> torch.Tensor:
         nodes = F.normalize(self.item_dropout(self.item_embedding(batch.extra["nodes"])), dim=-1)
