@@ -160,10 +160,22 @@ def recbole_config(args, model: str, work: Path) -> dict:
 
 # ----- the two sides -------------------------------------------------------------------------------
 
+def reusable(args, work: Path, tag: str, spec: dict) -> dict | None:
+    """With ``--resume``: the earlier result of an identical spec in the work folder, if any."""
+    spec_path, out_path = work / f"{tag}.spec.json", work / f"{tag}.json"
+    if args.resume and spec_path.exists() and out_path.exists() and json.loads(spec_path.read_text()) == spec:
+        print(f"reusing {out_path}", file=sys.stderr, flush=True)
+        args.reused.append(tag)
+        return json.loads(out_path.read_text())
+    return None
+
+
 def run_recbole(args, model: str, work: Path, *, anomaly: bool = False, mode: str = "full") -> dict:
     tag = f"recbole-{model}-{'shipped' if anomaly else 'fair'}"
     spec = {"model": RECBOLE_NAMES[model], "dataset": RECBOLE_DATASET, "config": recbole_config(args, model, work),
             "threads": args.threads, "anomaly": anomaly, "mode": mode, "out": str(work / f"{tag}.json")}
+    if (earlier := reusable(args, work, tag, spec)) is not None:
+        return earlier
     (work / f"{tag}.spec.json").write_text(json.dumps(spec, indent=2))
     env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "PYTHONUNBUFFERED": "1"}
     subprocess.run([str(venv_python(args.recbole_venv)), str(RUNNER), str(work / f"{tag}.spec.json")],
@@ -176,6 +188,8 @@ def run_ours(args, model: str, work: Path, subset_path: Path | None) -> dict:
             "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "patience": args.patience,
             "embedding_size": args.embedding_size, "threads": args.threads, "seed": args.seed,
             "out": str(work / f"ours-{model}.json")}
+    if (earlier := reusable(args, work, f"ours-{model}", spec)) is not None:
+        return earlier
     (work / f"ours-{model}.spec.json").write_text(json.dumps(spec, indent=2))
     subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker-spec", str(work / f"ours-{model}.spec.json")],
                    env={**os.environ, "PYTHONUNBUFFERED": "1"}, check=True)
@@ -305,7 +319,9 @@ def report(args, dataset, header: dict, results: dict, models: list[str]) -> str
         f"python {platform.python_version()}; torch {header['our_torch']} (agentrec) / {header['recbole_torch']} "
         f"(RecBole venv: recbole {header['recbole_version']}, numpy {header['recbole_numpy']}). "
         f"Load average when the run started: {header['load_start']}, when it ended: {header.get('load_end', '?')} "
-        "(the machine is shared, so throughput is indicative).",
+        "(the machine is shared, so throughput is indicative)."
+        + (f" Resumed run: {', '.join(args.reused)} reused from the interrupted run in the same work folder, "
+           "which used identical settings." if args.reused else ""),
         "- **Columns**: metrics in %; *train samples/s* is the median over epochs of training samples divided by "
         "the seconds of the training loop alone (batching, forward, backward, optimiser; no validation, no "
         "checkpoint); *ratio to RecBole* divides by the RecBole row of the same table; *test eval s* is one "
@@ -357,6 +373,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recbole-venv", type=Path, default=REPO / ".cache" / "recbole-venv")
     parser.add_argument("--work", type=Path, default=None,
                         help="folder for RecBole's files, logs and checkpoints (default: a temporary one, removed)")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse results already in --work whose settings are identical (after an interrupted run)")
     parser.add_argument("--worker-spec", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker_spec:
@@ -364,8 +382,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.data is None:
         parser.error("--data is required")
+    if args.resume and args.work is None:
+        parser.error("--resume needs the --work folder of the interrupted run")
     if args.patience < 1:
         parser.error("--patience must be at least 1")
+    args.reused = []
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in RECBOLE_NAMES and m not in OURS_ONLY]
     if unknown:
