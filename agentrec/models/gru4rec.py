@@ -43,4 +43,4 @@ class GRU4Rec(SessionModel):
     def encode(self, batch: Batch) -> torch.Tensor:
         x = self.dropout(self.item_embedding(batch.items))  # (B, L, D)
         out, _ = self.gru(x)  # (B, L, H); right padding never reaches the last real step
-        return gather_last(self.dense(out), batch.lengths)  # (B, D)
+        return self.dense(gather_last(out, batch.lengths))  # (B, D); the dense map only where it is read
