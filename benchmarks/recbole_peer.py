@@ -170,8 +170,8 @@ def reusable(args, work: Path, tag: str, spec: dict) -> dict | None:
     return None
 
 
-def run_recbole(args, model: str, work: Path, *, anomaly: bool = False, mode: str = "full") -> dict:
-    tag = f"recbole-{model}-{'shipped' if anomaly else 'fair'}"
+def run_recbole(args, model: str, work: Path, *, anomaly: bool = False, mode: str = "full", tag: str = "") -> dict:
+    tag = f"recbole-{model}-{tag or ('shipped' if anomaly else 'fair')}"
     spec = {"model": RECBOLE_NAMES[model], "dataset": RECBOLE_DATASET, "config": recbole_config(args, model, work),
             "threads": args.threads, "anomaly": anomaly, "mode": mode, "out": str(work / f"{tag}.json")}
     if (earlier := reusable(args, work, tag, spec)) is not None:
@@ -183,17 +183,33 @@ def run_recbole(args, model: str, work: Path, *, anomaly: bool = False, mode: st
     return json.loads((work / f"{tag}.json").read_text())
 
 
-def run_ours(args, model: str, work: Path, subset_path: Path | None) -> dict:
+def run_ours(args, model: str, work: Path, subset_path: Path | None, *, epochs: int | None = None,
+             tag: str = "") -> dict:
+    tag = f"ours-{model}" + (f"-{tag}" if tag else "")
     spec = {"data": str(args.data), "model": model, "subset": str(subset_path) if subset_path else None,
-            "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "patience": args.patience,
+            "epochs": epochs or args.epochs, "batch_size": args.batch_size, "lr": args.lr, "patience": args.patience,
             "embedding_size": args.embedding_size, "threads": args.threads, "seed": args.seed,
-            "out": str(work / f"ours-{model}.json")}
-    if (earlier := reusable(args, work, f"ours-{model}", spec)) is not None:
+            "out": str(work / f"{tag}.json")}
+    if (earlier := reusable(args, work, tag, spec)) is not None:
         return earlier
-    (work / f"ours-{model}.spec.json").write_text(json.dumps(spec, indent=2))
-    subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker-spec", str(work / f"ours-{model}.spec.json")],
+    (work / f"{tag}.spec.json").write_text(json.dumps(spec, indent=2))
+    subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker-spec", str(work / f"{tag}.spec.json")],
                    env={**os.environ, "PYTHONUNBUFFERED": "1"}, check=True)
-    return json.loads((work / f"ours-{model}.json").read_text())
+    return json.loads((work / f"{tag}.json").read_text())
+
+
+def paired_throughput(args, model: str, work: Path, subset_path: Path | None) -> dict:
+    """One training epoch per side, back to back, ``args.paired_throughput`` times, alternating who goes
+    first: on a shared machine the two sides then see about the same load."""
+    peer = OURS_ONLY.get(model, model)
+    ours, recbole, loads = [], [], [load_average().split()[0]]
+    for rep in range(args.paired_throughput):
+        sides = [lambda: ours.append(median_sps(run_ours(args, model, work, subset_path, epochs=1, tag=f"paired{rep}"))),
+                 lambda: recbole.append(median_sps(run_recbole(args, peer, work, mode="throughput", tag=f"paired{rep}")))]
+        for side in sides if rep % 2 == 0 else sides[::-1]:
+            side()
+            loads.append(load_average().split()[0])
+    return {"ours": ours, "recbole": recbole, "peer": peer, "loads": loads}
 
 
 def ours_worker(spec_path: str) -> None:
@@ -343,6 +359,19 @@ def report(args, dataset, header: dict, results: dict, models: list[str]) -> str
                     (f"RecBole {NAMES[model]}, as shipped (anomaly mode on)", results.get(("shipped", model)),
                      "throughput")]
             lines += table(NAMES[model], rows, rb)
+    paired = [(m, results[("paired", m)]) for m in models if ("paired", m) in results]
+    if paired:
+        lines += ["### Throughput measured in pairs", "",
+                  f"Each side trains one epoch (same samples, same settings), back to back, {args.paired_throughput} "
+                  "times per model, alternating which side goes first, so both see about the same load on this shared "
+                  "machine; the table gives the median of each side. Training samples/s of the training loop only.", "",
+                  "| agentrec model | RecBole model | agentrec samples/s | RecBole samples/s | ratio | 1-min load averages seen |",
+                  "|---|---|---:|---:|---:|---|"]
+        for model, p in paired:
+            ours, rb = float(np.median(p["ours"])), float(np.median(p["recbole"]))
+            lines.append(f"| {NAMES[model]} | {NAMES[p['peer']]} | {ours:,.0f} | {rb:,.0f} | {ours / rb:.2f} "
+                         f"| {' '.join(p['loads'])} |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -373,6 +402,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recbole-venv", type=Path, default=REPO / ".cache" / "recbole-venv")
     parser.add_argument("--work", type=Path, default=None,
                         help="folder for RecBole's files, logs and checkpoints (default: a temporary one, removed)")
+    parser.add_argument("--paired-throughput", type=int, default=0, metavar="N",
+                        help="also time N back-to-back pairs of single training epochs (ours, RecBole) per model")
     parser.add_argument("--resume", action="store_true",
                         help="reuse results already in --work whose settings are identical (after an interrupted run)")
     parser.add_argument("--worker-spec", help=argparse.SUPPRESS)
@@ -457,6 +488,8 @@ def main(argv: list[str] | None = None) -> None:
             "built from its files equals the one of our samples; "
             + "; ".join(checks) + (f" (= {len(splits['train']):,} / batch {args.batch_size}, rounded up)." if checks else ".")
         )
+        if args.paired_throughput:
+            results[("paired", model)] = paired_throughput(args, model, work, subset_path)
         header["load_end"] = load_average()
         text = report(args, dataset, header, results, [m for m in models if all(
             ("ours", x) in results for x in ([m, OURS_ONLY[m]] if m in OURS_ONLY else [m]))])
