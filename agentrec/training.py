@@ -88,7 +88,7 @@ def train_model(model, dataset, config: TrainConfig, *, out: str | Path | None =
     for epoch in range(1, config.epochs + 1):
         model.train()
         batches = batch_indices(np.minimum(train.lengths, model.config.max_history), config.batch_size, rng, config.bucket)
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         total_loss, seen = 0.0, 0
         bar = _bar(len(train), f"epoch {epoch}") if progress else None
         for index in batches:
@@ -103,6 +103,7 @@ def train_model(model, dataset, config: TrainConfig, *, out: str | Path | None =
                 bar.update(len(index))
                 bar.set_postfix(loss=f"{loss.item():.3f}", sps=f"{seen / (time.perf_counter() - started):.0f}")
         train_seconds = time.perf_counter() - started
+        train_cpu_seconds = time.process_time() - started_cpu
         scheduler.step()
         model.eval()
         valid = evaluate_model(model, dataset, "valid", ks=ks, exclude_history=config.exclude_history,
@@ -113,6 +114,9 @@ def train_model(model, dataset, config: TrainConfig, *, out: str | Path | None =
             "loss": total_loss / seen,
             "train_seconds": train_seconds,
             "samples_per_second": seen / train_seconds,
+            # CPU time of this process: on a shared machine it moves far less with the load than wall time
+            "train_cpu_seconds": train_cpu_seconds,
+            "samples_per_cpu_second": seen / max(train_cpu_seconds, 1e-9),
             "valid_seconds": valid.seconds,
             "valid": valid.metrics,
         }
@@ -145,6 +149,7 @@ def train_model(model, dataset, config: TrainConfig, *, out: str | Path | None =
         extra={
             "train_samples": len(train),
             "median_samples_per_second": float(np.median([h["samples_per_second"] for h in history])),
+            "median_samples_per_cpu_second": float(np.median([h["samples_per_cpu_second"] for h in history])),
             "paper": getattr(model, "paper", ""),
             "reference": getattr(model, "reference", ""),
         },
