@@ -66,6 +66,7 @@ _EXPLANATION = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _SENTENCE_END = re.compile(r"\.\s+(?=[A-Z])")
+_DOTTED_END = re.compile(r"(?<![\w.])(?:\w\.){2,}$")  # a title ending in "L.A.", "U.S.A."
 _ABBREVIATIONS = {"dr", "mr", "mrs", "ms", "st", "jr", "sr", "vs", "vol", "no", "pt", "ft", "mt", "co", "inc"}
 
 
@@ -114,7 +115,10 @@ def _clean_title(line: str) -> str:
         line = _EXPLANATION.sub("", line)
         line = _first_sentence(line)
     line = line.strip().strip("\"'“”‘’`«»*").strip()
-    return line.rstrip(".,;:!-–— ").strip()
+    end = line.rstrip(",;:!-–— ").strip()
+    if _DOTTED_END.search(end):  # "Escape from L.A.": that full stop is part of the title
+        return end
+    return end.rstrip(".,;:!-–— ").strip()
 
 
 def _first_sentence(line: str) -> str:

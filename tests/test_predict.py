@@ -124,6 +124,9 @@ def lines(path) -> list[dict]:
     ("It's the movie's sequel", "It's the movie's sequel"),
     ("The next session is:\n\nSession: 'Apt Pupil', 'English Patient, The'", "Apt Pupil"),
     ("The next session is: 'Escape from L.A", "Escape from L.A"),
+    ("The next session is:\n\nSession: 'Escape from L.A.', 'Heat'", "Escape from L.A."),  # the catalogue's title
+    ("Escape from L.A.", "Escape from L.A."),
+    ("The next movie title is Jaws.", "Jaws"),
     ("Heat, because the customer likes crime films", "Heat"),
     ("Heat (it is a classic)", "Heat"),
     ("Alien (1979). It is a sci-fi horror film.", "Alien (1979)"),
