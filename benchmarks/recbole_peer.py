@@ -313,6 +313,32 @@ def table(title: str, rows: list[tuple[str, dict | None, str]], reference: dict 
     return lines + [""]
 
 
+def targets(results: dict, models: list[str]) -> list[str]:
+    """The issue's targets, checked: quality (Recall@20 and MRR@20 at most one point below RecBole's same
+    model), training speed (at least 2x, per CPU-second from the paired runs) and test evaluation time."""
+    lines = ["### Against the targets", "",
+             "| agentrec model | RecBole model | Recall@20 diff (points) | MRR@20 diff (points) | quality target "
+             "| speed ratio (CPU, paired) | speed target (2x) | test eval s, ours / RecBole | eval target |",
+             "|---|---|---:|---:|---|---:|---|---:|---|"]
+    for model in models:
+        peer = OURS_ONLY.get(model, model)
+        ours, rb = results.get(("ours", model)), results.get(("recbole", peer))
+        if ours is None or rb is None:
+            continue
+        d20 = 100 * (ours["test"]["recall@20"] - rb["test"]["recall@20"])
+        dmrr = 100 * (ours["test"]["mrr@20"] - rb["test"]["mrr@20"])
+        paired = results.get(("paired", model))
+        ratio = None
+        if paired and None not in paired["ours_cpu"] + paired["recbole_cpu"]:
+            ratio = float(np.median(paired["ours_cpu"])) / float(np.median(paired["recbole_cpu"]))
+        mark = lambda ok: "met" if ok else "**not met**"
+        lines.append(
+            f"| {NAMES[model]} | {NAMES[peer]} | {d20:+.2f} | {dmrr:+.2f} | {mark(d20 >= -1 and dmrr >= -1)} "
+            f"| {'-' if ratio is None else f'{ratio:.2f}'} | {'-' if ratio is None else mark(ratio >= 2)} "
+            f"| {ours['test_seconds']:.2f} / {rb['test_seconds']:.2f} | {mark(ours['test_seconds'] <= rb['test_seconds'])} |")
+    return lines + [""]
+
+
 def report(args, dataset, header: dict, results: dict, models: list[str]) -> str:
     counts = dataset.stats.get("counts", {})
     protocol = dataset.stats.get("protocol", {})
@@ -360,6 +386,7 @@ def report(args, dataset, header: dict, results: dict, models: list[str]) -> str
         "trained and tested that one model.",
         "",
     ]
+    lines += targets(results, models)
     for model in models:
         ours = results.get(("ours", model))
         if model in OURS_ONLY:
