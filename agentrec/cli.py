@@ -209,6 +209,7 @@ def train(
     max_train_samples: Annotated[Optional[int], typer.Option(help="Train on a seeded subsample of this many samples.")] = None,
     semantic: Annotated[Optional[SemanticMode], typer.Option(help="SemSR variant: 'init' starts the item table from LLM item embeddings (SemSR-I); 'fusion' adds a frozen LLM item table and session branch (SemSR-F).")] = None,
     embedder: Annotated[str, typer.Option(help="Item-text embedder for --semantic: minilm (offline default), smollm2, st:HUB_ID, hf:HUB_ID.")] = "minilm",
+    signals: Annotated[Optional[str], typer.Option(help="With --semantic: LaMAR signals in the item texts, SET or SET:aspect,aspect (from 'agentrec signals generate').")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ):
     """Train a model on the train split, selecting the epoch on validation; test is never touched.
@@ -223,6 +224,8 @@ def train(
     from agentrec.runs import train_popularity
     from agentrec.settings import build_model, build_train_config
 
+    if signals and semantic is None:
+        raise ValueError("--signals augments the LLM item texts of --semantic init|fusion; add --semantic")
     dataset = PreparedDataset.load(data)
     flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "lr_step": lr_step,
              "lr_gamma": lr_gamma, "patience": patience, "select_metric": select_metric,
@@ -240,13 +243,18 @@ def train(
         if semantic is not None:
             from agentrec.models.semantic import SemanticFusion, load_llm_table, semantic_init
 
-            table = load_llm_table(dataset, embedder, progress=not quiet)
+            from agentrec.cli_signals import load_signal_option
+
+            signal_texts, signal_info = load_signal_option(signals, dataset)
+            table = load_llm_table(dataset, embedder, signals=signal_texts, progress=not quiet)
             if semantic == SemanticMode.init:
                 described = semantic_init(net, table)
             else:
                 net = SemanticFusion(net, table)
                 described = net.fusion_dict()
             described["embedder"] = embedder
+            if signal_info:
+                described["signals"] = signal_info
             typer.echo(f"semantic variant: {described}")
         info = train_model(net, dataset, train_config, out=out, progress=not quiet, semantic=described)
         typer.echo(f"best epoch {info.best_epoch} of {len(info.history)} by validation {train_config.select_metric}; "
@@ -311,6 +319,7 @@ def index_build(
     ef_search: Annotated[int, typer.Option(help="HNSW candidate list size while searching (fixed at creation).")] = 400,
     max_neighbors: Annotated[int, typer.Option(help="HNSW graph edges per node (M).")] = 16,
     threads: Annotated[int, typer.Option(help="Torch threads for embedding (default 1: often fastest on a small shared machine).")] = 1,
+    signals: Annotated[Optional[str], typer.Option(help="LaMAR signals in the item texts, SET or SET:aspect,aspect (from 'agentrec signals generate'); the default collection name gets a sig-... suffix.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ):
     """Embed every item's text and store it in a Chroma collection; a complete matching collection is reused.
@@ -335,12 +344,24 @@ def index_build(
     started = time.perf_counter()
     dataset = PreparedDataset.load(data)
     hnsw = HNSWSettings(ef_construction=ef_construction, ef_search=ef_search, max_neighbors=max_neighbors)
+    signal_texts = None
+    if signals:
+        from agentrec.cli_signals import load_signal_option
+        from agentrec.embeddings import get_embedder
+        from agentrec.index import default_collection_name, sanitise_collection_name
+        from agentrec.signals import signals_tag
+
+        signal_texts, signal_info = load_signal_option(signals, dataset)
+        collection = collection or sanitise_collection_name(
+            f"{default_collection_name(dataset, get_embedder(embedder))}-{signals_tag(signal_info)}")
     index = CatalogueIndex.build(dataset, embedder, store=store, chroma_host=chroma_host, collection=collection,
+                                 signals=signal_texts,
                                  hnsw=hnsw, rebuild=rebuild, progress=not quiet)
     seconds = time.perf_counter() - started
     typer.echo(f"collection  {index.name}  ({'reused' if index.reused else 'built'}, {index.location})")
     typer.echo(f"items       {index.count:,}   dimension {index.dimension}   {seconds:.1f} s")
     where = f"--chroma-host {chroma_host}" if chroma_host else f"--store {store}"
+    where += f" --collection {index.name}" if signals else ""
     typer.echo(f"\nsearch it with: agentrec index query \"TEXT\" --data {data} {where} --embedder {embedder}")
 
 
@@ -405,6 +426,11 @@ class EngineName(str, Enum):
     vllm = "vllm"
 
 
+class FusionName(str, Enum):
+    rerank = "rerank"
+    blend = "blend"
+
+
 @app.command("predict")
 @user_errors
 def predict_command(
@@ -444,6 +470,11 @@ def predict_command(
     store: Annotated[Path, typer.Option(help=_STORE_HELP + " The index is built there on first use.")] = Path("vectorstore"),
     chroma_host: Annotated[Optional[str], typer.Option(help=_HOST_HELP)] = None,
     ground_distance: Annotated[float, typer.Option(help="Cosine distance above which a generated title counts as ungrounded (hallucinated).")] = 0.4,
+    hybrid: Annotated[Optional[Path], typer.Option(help="Hybrid mode: a run folder (e.g. a SemSR-F run from 'agentrec train --semantic fusion') whose model re-ranks the LLM's grounded candidates; trained on this dataset.")] = None,
+    candidates: Annotated[int, typer.Option(help="Hybrid: the generated title's M nearest items are the candidates.")] = 50,
+    fusion: Annotated[FusionName, typer.Option(help="Hybrid: rerank (the model's score alone) or blend (weighted with the LLM's retrieval similarity, both min-max normalised over the candidates).")] = FusionName.rerank,
+    weight: Annotated[float, typer.Option(help="Hybrid blend: weight of the LLM's similarity (1 - weight on the model's score).")] = 0.5,
+    fill: Annotated[bool, typer.Option("--fill/--no-fill", help="Hybrid: continue the list after the candidates with the model's own ranking of the rest of the catalogue.")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or progress lines.")] = False,
 ):
     """Recommend with an LLM: prompt each session, generate a title, ground it in the catalogue, report Recall/MRR@K.
@@ -457,6 +488,8 @@ def predict_command(
       agentrec predict --strategy zcot --data data/ml-100k --engine openai --base-url http://127.0.0.1:8000/v1 --out runs/llm/zcot.jsonl
 
       agentrec predict --strategy fscot --data data/beauty --engine vllm --model meta-llama/Meta-Llama-3-8B-Instruct --out runs/llm/fscot.jsonl
+
+      agentrec predict --strategy fscot --data data/ml-100k --limit 50 --hybrid runs/semsr-f --out runs/llm/hybrid.jsonl
     """
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from jinja2 import TemplateError
@@ -477,16 +510,113 @@ def predict_command(
                                  max_model_len=max_model_len, enforce_eager=enforce_eager)
     try:
         llm = get_engine(engine.value, engine_config)
-        result = predict(data, strategy.value, llm, k=k, limit=limit, out=out, split=split.value, prompts=prompt_config,
-                         generation=generation, embedder=embedder, store=store, chroma_host=chroma_host,
-                         cache=False if no_cache else (cache_file or True), ground_distance=ground_distance,
-                         progress=not quiet)
+        common = dict(k=k, limit=limit, out=out, split=split.value, prompts=prompt_config, generation=generation,
+                      embedder=embedder, store=store, chroma_host=chroma_host,
+                      cache=False if no_cache else (cache_file or True), ground_distance=ground_distance,
+                      progress=not quiet)
+        if hybrid is not None:
+            from agentrec.hybrid import HybridConfig, predict_hybrid
+
+            config = HybridConfig(candidates=candidates, fusion=fusion.value, weight=weight, fill=fill)
+            result = predict_hybrid(data, hybrid, strategy.value, llm, config=config, **common)
+        else:
+            result = predict(data, strategy.value, llm, **common)
     except (ImportError, TemplateError) as error:  # a missing optional engine, a broken user template
         typer.secho(f"error: {type(error).__name__}: {error}" if isinstance(error, TemplateError) else f"error: {error}",
                     err=True, fg=typer.colors.RED)
         raise typer.Exit(1) from None
     typer.echo(result.describe())
-    typer.echo(f"\nwrote {out} and {out.with_suffix('.summary.json')}")
+    also = f", {out.with_suffix('.llm.jsonl')} (the LLM alone)" if hybrid is not None else ""
+    typer.echo(f"\nwrote {out}{also} and {out.with_suffix('.summary.json')}")
+
+
+# ---------------------------------------------------------------- compare: every method on the same sessions (agentrec.compare)
+@app.command("compare")
+@user_errors
+def compare_command(
+    out: Annotated[Path, typer.Option(help="Output folder: tables (md, csv, json), recall_at_k.png, manifest.json, and the checkpoints, LLM rows and generation cache a rerun reuses.")],
+    data: Annotated[Optional[Path], typer.Option(help="Prepared dataset folder (default: data/ml-100k, prepared with leave-one-out if missing).")] = None,
+    strategies: Annotated[str, typer.Option(help="LLM strategies, comma-separated (fs, zcot, fscot); empty for none.")] = "fs,zcot,fscot",
+    models: Annotated[str, typer.Option(help="Session models and SemSR variants, comma-separated: gru4rec, narm, srgnn, niser, msgat, semsr-i, semsr-f, semsr-i+, semsr-f+ (the popularity floor is always shown).")] = "niser,semsr-i,semsr-f,semsr-i+,semsr-f+",
+    base: Annotated[str, typer.Option(help="Session model the SemSR variants wrap.")] = "niser",
+    hybrid: Annotated[bool, typer.Option("--hybrid/--no-hybrid", help="A hybrid row per strategy: the LLM's candidates re-ranked by --hybrid-model.")] = True,
+    hybrid_model: Annotated[str, typer.Option(help="Model that re-ranks the candidates (trained if not in --models).")] = "semsr-f",
+    candidates: Annotated[int, typer.Option(help="Hybrid: candidates per session (the generated title's M nearest items).")] = 50,
+    fusion: Annotated[FusionName, typer.Option(help="Hybrid: rerank or blend.")] = FusionName.rerank,
+    weight: Annotated[float, typer.Option(help="Hybrid blend: weight of the LLM's similarity.")] = 0.5,
+    fill: Annotated[bool, typer.Option("--fill/--no-fill", help="Hybrid: fill the list after the candidates from the model's own ranking.")] = True,
+    llm_sessions: Annotated[int, typer.Option(help="LLM and hybrid rows run on the first N test sessions; every other method is also reported on exactly those.")] = 30,
+    engine: Annotated[EngineName, typer.Option(help="LLM engine (hf: SmolLM2, offline).")] = EngineName.hf,
+    model: Annotated[Optional[str], typer.Option(help="LLM: as for 'agentrec predict --model'.")] = None,
+    base_url: Annotated[Optional[str], typer.Option(help="openai: server URL.")] = None,
+    api_key: Annotated[Optional[str], typer.Option(envvar="OPENAI_API_KEY", help="openai: API key.")] = None,
+    batch_size: Annotated[int, typer.Option(help="hf: chats per generate call.")] = 8,
+    embedder: Annotated[str, typer.Option(help=_EMBEDDER_HELP)] = "minilm",
+    epochs: Annotated[int, typer.Option(help="Training budget of the session models: most epochs (reduced default, stated in the outputs).")] = 3,
+    max_train_samples: Annotated[Optional[int], typer.Option(help="Train on a seeded subsample of this many samples (default 10,000; 0 = all).")] = 10_000,
+    patience: Annotated[int, typer.Option(help="Early-stopping patience (validation Recall@100).")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed of training, few-shot examples, sampling and bootstrap.")] = 0,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples of sessions for the intervals and the noise test.")] = 1000,
+    threads: Annotated[int, typer.Option(help="Torch threads (default 1: often fastest on a small shared machine).")] = 1,
+    cache_file: Annotated[Optional[Path], typer.Option(help="Generation cache (default OUT/generations.sqlite).")] = None,
+    store: Annotated[Optional[Path], typer.Option(help="Chroma store folder (default OUT/vectorstore).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines or bars.")] = False,
+):
+    """Compare LLM-only, hybrid, session models, SemSR variants and the popularity floor on the same test sessions.
+
+    Prints one aligned table per set of sessions (Recall, MRR, NDCG at 10, 20, 100 with bootstrap intervals and
+    noise marks; tokens, wall and CPU seconds per 1,000 sessions; training seconds) and writes it to OUT as
+    markdown, CSV and JSON, with Recall@K against K as a PNG and a manifest for repeating the run. A rerun with
+    the same settings reuses checkpoints and generations.
+
+    Examples:
+
+      agentrec compare --out runs/compare
+
+      agentrec compare --data data/ml-100k --strategies fs --models niser,semsr-f --llm-sessions 100 --out runs/cmp
+
+      agentrec compare --engine openai --base-url http://127.0.0.1:8000/v1 --llm-sessions 943 --out runs/cmp-llama
+    """
+    import shlex
+    import sys
+
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("chromadb", "httpx", "sentence_transformers", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from agentrec.compare import CompareConfig, run_compare
+    from agentrec.engines import EngineConfig
+    from agentrec.hybrid import HybridConfig
+
+    split = lambda text: tuple(x.strip() for x in text.split(",") if x.strip())
+    config = CompareConfig(
+        strategies=split(strategies), models=split(models), base=base, hybrid=hybrid, hybrid_model=hybrid_model,
+        hybrid_config=HybridConfig(candidates=candidates, fusion=fusion.value, weight=weight, fill=fill),
+        llm_sessions=llm_sessions, embedder=embedder, epochs=epochs,
+        max_train_samples=max_train_samples or None, patience=patience, seed=seed, threads=threads,
+        bootstrap=bootstrap)
+    engine_config = EngineConfig(model=model, batch_size=batch_size, threads=threads, base_url=base_url,
+                                 api_key=api_key)
+    try:
+        result = run_compare(out, config, data=data, engine=engine.value, engine_config=engine_config,
+                             cache_file=cache_file, store=store, progress=not quiet,
+                             command=shlex.join(["agentrec", *sys.argv[1:]]))
+    except ImportError as error:  # a missing optional engine
+        typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1) from None
+    typer.echo(result.table())
+    typer.echo(f"\n* best in its column; ~ within noise of it ({result.manifest['noise']}); "
+               "values in %, ± half the bootstrap interval")
+    typer.echo(f"cost: {result.manifest['cost']}")
+    trained = f"{len(result.trained)} models trained" if result.trained else "no model trained (all reused)"
+    typer.echo(f"\n{trained}; {result.generated} chats sent to the LLM; {result.seconds:.0f} s wall, "
+               f"{result.manifest['cpu_seconds']:.0f} s CPU")
+    typer.echo(f"wrote {out}/compare.md, compare.csv, compare.json, recall_at_k.png, manifest.json")
+
+
+# ---------------------------------------------------------------- signals: LaMAR semantic signals (agentrec.signals)
+from agentrec.cli_signals import signals_app  # noqa: E402  (it uses the helpers above)
+
+app.add_typer(signals_app, name="signals")
 
 
 def main() -> None:
