@@ -109,3 +109,34 @@ def test_rerank_changes_order_inside_the_list_only():
     assert base.tolist() == [3, 1, 5]
     # inside the top 3 the order is now 3, 2, 1; item 5 stays outside, behind item 4
     assert ranks.tolist() == [1, 3, 5]
+
+
+@pytest.mark.parametrize("name", ["niser", "msgat"])
+def test_fusion_keeps_the_wrapped_models_cosine_scoring(name):
+    # NISER and MSGAT score sigma/scale * cosine; the fused vectors must be scored the same way,
+    # so no fused logit can exceed that scale (MSGAT once applied its scale in logits, which the
+    # fusion bypassed: plain dot products of unnormalised fused vectors)
+    ds = cycle_dataset()
+    set_seed(0)
+    base = model_class(name)(ds.n_items, model_class(name).Config(embedding_size=16))
+    scale = base.config.sigma if name == "niser" else base.config.scale
+    model = SemanticFusion(base, llm_table(ds.n_items, 24)).eval()
+    with torch.no_grad():
+        model.w4.weight.mul_(50.0)  # fused vectors far from unit length
+        model.w5.weight.mul_(50.0)
+        scores = model.score_chunk(ds.test, np.arange(6))[:, 1:]
+        sessions = model.encode(model.make_batch(ds.test, np.arange(6)))
+        table = model.item_table()
+    cosine = torch.nn.functional.normalize(sessions, dim=-1) @ torch.nn.functional.normalize(table, dim=-1).t()
+    torch.testing.assert_close(scores, scale * cosine[:, 1:])
+
+
+def test_msgat_scores_are_scaled_cosines():
+    ds = cycle_dataset()
+    set_seed(0)
+    model = model_class("msgat")(ds.n_items, model_class("msgat").Config(embedding_size=16)).eval()
+    with torch.no_grad():
+        scores = model.score_chunk(ds.test, np.arange(6))[:, 1:]
+        sessions = model.encode(model.make_batch(ds.test, np.arange(6)))
+    table = torch.nn.functional.normalize(model.item_embedding.weight, dim=-1)
+    torch.testing.assert_close(scores, model.config.scale * sessions @ table[1:].t())

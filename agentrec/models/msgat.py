@@ -257,8 +257,13 @@ class MSGAT(SessionModel):
     def item_table(self) -> torch.Tensor:
         return F.normalize(self.item_embedding.weight, dim=-1)
 
-    def logits(self, sessions: torch.Tensor) -> torch.Tensor:
-        return super().logits(self.config.scale * sessions)
+    def prepare_table(self, table: torch.Tensor) -> torch.Tensor:
+        return F.normalize(table, dim=-1)
+
+    def score(self, sessions: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        # scale * cosine lives in the scoring rule (not in logits or encode), so a wrapper that
+        # fuses the vectors first (SemanticFusion) still scores with it
+        return self.config.scale * F.normalize(sessions, dim=-1) @ table.t()
 
     def encode(self, batch: Batch) -> torch.Tensor:
         nodes = batch.extra["nodes"]  # (B, U)

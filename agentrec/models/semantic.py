@@ -12,7 +12,7 @@ embeddings with a data-driven session model, none of which copies the model:
       s_l     = W3 [s'; i_l,last]
       s       = W4 [s_m; s_l]        (s_m: the wrapped model's session vector)
       I       = W5 [I_m; I_l]        (I_m: its ID table, I_l: the LLM table)
-      y       = softmax(I s)         (the wrapped model's scoring rule; NISER keeps sigma * cosine)
+      y       = softmax(I s)         (the wrapped model's scoring rule: NISER and MSGAT keep their scaled cosine)
 
   trained end to end with the wrapped model.
 * **I+ / F+** (``Reranked``): the top-K of a semantic model re-ordered by a plain model's scores.
