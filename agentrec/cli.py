@@ -16,8 +16,10 @@ import typer
 
 app = typer.Typer(
     help="LLMs as session-based recommendation agents, with retrieval.\n\n"
-    "Typical flow: 'agentrec data prepare ml-100k --out data/ml-100k', then "
-    "'agentrec train --model pop --data data/ml-100k --out runs/pop' and 'agentrec evaluate runs/pop'.",
+    "Quick start: 'agentrec compare --out runs/compare' puts the LLM, the hybrid, the session models and the "
+    "popularity floor side by side on MovieLens-100K, offline. Step by step: 'agentrec data prepare ml-100k "
+    "--out data/ml-100k', 'agentrec train --model niser --data data/ml-100k --out runs/niser', "
+    "'agentrec evaluate runs/niser', 'agentrec predict --strategy fscot --data data/ml-100k --out runs/fscot.jsonl'.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
