@@ -360,7 +360,6 @@ def test_an_engine_failure_keeps_the_finished_signals(toy, engine, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- a real process, killed
-@pytest.mark.slow
 def test_killed_generate_process_resumes_to_a_complete_set(toy, tmp_path):
     out = tmp_path / "s"
     n = 8
