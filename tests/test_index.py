@@ -36,7 +36,8 @@ from agentrec.index import (
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # chromadb warns when it reads back a collection created without an embedding function (ours never has one)
-pytestmark = pytest.mark.filterwarnings("ignore:legacy embedding function config:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:legacy embedding function config:DeprecationWarning"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 
 class HashEmbedder(Embedder):
@@ -78,17 +79,6 @@ def fresh_chroma_state():
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One thread: often several times faster than two on a small shared machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     from agentrec.data.api import prepare_dataset

@@ -25,7 +25,8 @@ from agentrec.gencache import GenerationCache
 from agentrec.predict import PROTOCOL, GenerationConfig, parse_title, predict
 from agentrec.prompting import PromptConfig
 
-pytestmark = pytest.mark.filterwarnings("ignore:legacy embedding function config:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:legacy embedding function config:DeprecationWarning"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 # first item of the query session -> the scripted title answer
 ANSWERS = {
@@ -71,16 +72,6 @@ class ScriptedEngine:
             if any(failed):
                 raise EngineError("scripted failure", partial=[None if f else g for f, g in zip(failed, out)])
         return out
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
