@@ -36,6 +36,7 @@ Items are shown as one line each, built from the item text fields chosen in
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,7 @@ import numpy as np
 from agentrec.text import ITEM_FIELDS, _value, load_template, template_source
 
 ROLES = ("system", "user")  # chat roles a template may define, in message order
+_TURN_BLOCK = re.compile(r"(user|assistant)_([1-9][0-9]*)")  # demonstration turns, between system and user
 ASPECTS = {"usage": "aspect_usage.jinja", "intent": "aspect_intent.jinja", "summary": "aspect_summary.jinja"}
 
 
@@ -115,23 +117,44 @@ def vocabulary(dataset_name: str) -> tuple[str, str]:
 
 
 def render_chat(template, variables: dict) -> list[dict]:
-    """Render a chat template (one block per role) to a list of messages in role order.
+    """Render a chat template (one block per message) to a list of messages in role order.
+
+    Blocks ``system`` and ``user`` are the first and the last message. Few-shot demonstrations may be
+    given as earlier turns, blocks ``user_1``, ``assistant_1``, ``user_2``, ``assistant_2``...: a chat
+    model then sees each example answered in its own voice, which small models copy far more faithfully
+    than examples pasted into one message. Empty blocks are left out.
 
     Raises:
-        ValueError: the template has no ``user`` block, or blocks that are not roles.
+        ValueError: the template has no ``user`` block, a block that is not a message, or a turn
+            without its pair.
         jinja2.UndefinedError: the template uses a variable that ``variables`` lacks.
     """
     blocks = template.blocks
-    unknown = sorted(set(blocks) - set(ROLES))
+    turns: dict[int, set[str]] = {}
+    unknown = []
+    for name in blocks:
+        match = _TURN_BLOCK.fullmatch(name)
+        if match:
+            turns.setdefault(int(match[2]), set()).add(match[1])
+        elif name not in ROLES:
+            unknown.append(name)
     if "user" not in blocks or unknown:
-        problem = f"blocks {unknown} are not chat roles" if unknown else "it has no {% block user %}"
-        raise ValueError(f"template {template.name} is not a chat template: {problem}; "
-                         f"define one block per role among {', '.join(ROLES)}")
+        problem = f"blocks {sorted(unknown)} are not chat messages" if unknown else "it has no {% block user %}"
+        raise ValueError(f"template {template.name} is not a chat template: {problem}; define the blocks "
+                         f"{', '.join(ROLES)} and, for demonstrations, user_1, assistant_1, user_2, ...")
+    unpaired = [f"{sorted({'user', 'assistant'} - roles)[0]}_{n}" for n, roles in sorted(turns.items()) if len(roles) < 2]
+    if unpaired:
+        raise ValueError(f"template {template.name}: demonstration turns come in pairs; missing "
+                         f"{{% block {unpaired[0]} %}}" + (f" and {len(unpaired) - 1} more" if len(unpaired) > 1 else ""))
+    order = [("system", "system")]
+    for n in sorted(turns):
+        order += [("user", f"user_{n}"), ("assistant", f"assistant_{n}")]
+    order.append(("user", "user"))
     context = template.new_context(dict(variables))
     chat = []
-    for role in ROLES:
-        if role in blocks:
-            content = "".join(blocks[role](context)).strip()
+    for role, block in order:
+        if block in blocks:
+            content = "".join(blocks[block](context)).strip()
             if content:
                 chat.append({"role": role, "content": content})
     return chat

@@ -79,8 +79,10 @@ def test_every_shipped_template_renders_with_strict_undefined(toy):
         assert "'Titanic (1997)', 'Psycho (1960)'" in user_text(chat)  # the query session, quoted as in Figure 2
     for aspect in ASPECTS:
         (chat,) = builder.aspect_chats(aspect, [5])
-        assert [m["role"] for m in chat] == ["system", "user"]
-        assert user_text(chat).rstrip().endswith(":") and "Item: Fargo (1996)" in user_text(chat)
+        # two answered demonstrations, then the item alone
+        assert [m["role"] for m in chat] == ["system", "user", "assistant", "user", "assistant", "user"], aspect
+        assert all(m["content"] == m["content"].strip() and m["content"] for m in chat)
+        assert chat[-1]["content"].startswith("Item: Fargo (1996)")
     assert item_texts(toy.items)[0].startswith("Toy Story (1995)")
 
 
@@ -124,11 +126,30 @@ def test_a_template_must_be_a_chat(tmp_path):
     (tmp_path / "odd.jinja").write_text("{% block user %}hi{% endblock %}{% block tool %}x{% endblock %}")
     with pytest.raises(ValueError, match="no \\{% block user %\\}"):
         render_chat(load_template("plain.jinja", tmp_path), {"session": []})
-    with pytest.raises(ValueError, match="not chat roles"):
+    with pytest.raises(ValueError, match="not chat messages"):
         render_chat(load_template("odd.jinja", tmp_path), {})
     (tmp_path / "user_only.jinja").write_text("{% block user %}\n  Hello {{ name }}.\n{% endblock %}")
     assert render_chat(load_template("user_only.jinja", tmp_path), {"name": "Ada"}) == \
         [{"role": "user", "content": "Hello Ada."}]
+
+
+def test_demonstrations_as_earlier_turns(tmp_path):
+    (tmp_path / "turns.jinja").write_text(
+        "{% block user %}Item: {{ x }}{% endblock %}{% block assistant_2 %}b{% endblock %}"
+        "{% block user_10 %}Item: c{% endblock %}{% block assistant_10 %}{% endblock %}"
+        "{% block user_2 %}Item: B{% endblock %}{% block system %}S{% endblock %}"
+        "{% block assistant_1 %}a{% endblock %}{% block user_1 %}Task.\n\nItem: A{% endblock %}")
+    chat = render_chat(load_template("turns.jinja", tmp_path), {"x": "Heat"})
+    # numeric order (10 after 2), block order in the file does not matter, an empty block is left out
+    assert [(m["role"], m["content"]) for m in chat] == [
+        ("system", "S"), ("user", "Task.\n\nItem: A"), ("assistant", "a"), ("user", "Item: B"),
+        ("assistant", "b"), ("user", "Item: c"), ("user", "Item: Heat")]
+    (tmp_path / "unpaired.jinja").write_text("{% block user_1 %}A{% endblock %}{% block user %}B{% endblock %}")
+    with pytest.raises(ValueError, match="missing \\{% block assistant_1 %\\}"):
+        render_chat(load_template("unpaired.jinja", tmp_path), {})
+    (tmp_path / "zero.jinja").write_text("{% block user_0 %}A{% endblock %}{% block user %}B{% endblock %}")
+    with pytest.raises(ValueError, match="user_0"):
+        render_chat(load_template("zero.jinja", tmp_path), {})
 
 
 def test_own_templates_folder_replaces_the_shipped_ones(tmp_path, toy):
