@@ -61,6 +61,8 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--work", type=Path, default=Path("runs/signals_augmentation"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/signals_augmentation_ml-100k.md"))
+    parser.add_argument("--findings", type=Path, default=None,
+                        help="markdown written by a person after reading the tables, put in after them")
     args = parser.parse_args()
 
     import torch
@@ -226,6 +228,8 @@ def write_report(args, ds, runs, seeds, variants, report, manifest, throughput, 
             lines.append(f"| {variant} | " + " | ".join(f"{100 * mean[variant][m].mean():.2f}" for m in DELTAS)
                          + " | " + " | ".join(deltas) + " |")
         lines.append("")
+    if args.findings:
+        lines += ["## Findings (written by hand after the run)", "", args.findings.read_text().strip(), ""]
     lines += ["## Signal quality (`agentrec signals report`)", "", format_report(report, top_categories=5).split("\n", 2)[2]]
     titles = ds.titles()
     examples = [i for i in np.argsort(-counts, kind="stable")[:8] if signalled[i]]
