@@ -435,6 +435,16 @@ class EngineName(str, Enum):
     vllm = "vllm"
 
 
+# options every LLM command has (predict, compare, signals generate): one definition, one help text
+ChatBatchOption = Annotated[int, typer.Option(help="hf: chats per generate call.")]
+DeviceOption = Annotated[str, typer.Option(help="hf: cpu, cuda, cuda:N or auto.")]
+BaseUrlOption = Annotated[Optional[str], typer.Option(help="openai: server URL, e.g. http://127.0.0.1:8000/v1.")]
+ApiKeyOption = Annotated[Optional[str], typer.Option(envvar="OPENAI_API_KEY", help="openai: API key (local servers ignore it).")]
+ConcurrencyOption = Annotated[int, typer.Option(help="openai, langchain: requests in flight at once.")]
+TensorParallelOption = Annotated[int, typer.Option(help="vllm: GPUs per model.")]
+EnforceEagerOption = Annotated[bool, typer.Option("--enforce-eager", help="vllm: skip compilation and graph capture (starts much sooner, generates slower).")]
+
+
 class FusionName(str, Enum):
     rerank = "rerank"
     blend = "blend"
@@ -461,18 +471,18 @@ def predict_command(
     rationale_tokens: Annotated[int, typer.Option(help="Most new tokens of a rationale step (zcot, fscot).")] = 128,
     temperature: Annotated[float, typer.Option(help="Sampling temperature (0: greedy).")] = 0.0,
     chunk_size: Annotated[int, typer.Option(help="Sessions per engine call; each chunk is cached before the next.")] = 256,
-    batch_size: Annotated[int, typer.Option(help="hf: chats per generate call.")] = 8,
-    device: Annotated[str, typer.Option(help="hf: cpu, cuda, cuda:N or auto.")] = "auto",
+    batch_size: ChatBatchOption = 8,
+    device: DeviceOption = "auto",
     threads: Annotated[int, typer.Option(help="Torch threads (default 1: often fastest on a small shared machine).")] = 1,
-    base_url: Annotated[Optional[str], typer.Option(help="openai: server URL, e.g. http://127.0.0.1:8000/v1.")] = None,
-    api_key: Annotated[Optional[str], typer.Option(envvar="OPENAI_API_KEY", help="openai: API key (local servers ignore it).")] = None,
-    concurrency: Annotated[int, typer.Option(help="openai, langchain: requests in flight at once.")] = 8,
+    base_url: BaseUrlOption = None,
+    api_key: ApiKeyOption = None,
+    concurrency: ConcurrencyOption = 8,
     timeout_s: Annotated[float, typer.Option(help="openai: seconds per request.")] = 120.0,
     retries: Annotated[int, typer.Option(help="openai: retries on connection errors, 429 and 5xx, with exponential backoff.")] = 4,
-    tensor_parallel_size: Annotated[int, typer.Option(help="vllm: GPUs per model.")] = 1,
+    tensor_parallel_size: TensorParallelOption = 1,
     prefix_caching: Annotated[bool, typer.Option("--prefix-caching/--no-prefix-caching", help="vllm: reuse the KV cache of shared prompt prefixes.")] = True,
     max_model_len: Annotated[Optional[int], typer.Option(help="vllm: context length (default: the model's).")] = None,
-    enforce_eager: Annotated[bool, typer.Option("--enforce-eager", help="vllm: skip compilation and graph capture (starts much sooner, generates slower).")] = False,
+    enforce_eager: EnforceEagerOption = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Bypass the generation cache (nothing read, nothing written).")] = False,
     cache_file: Annotated[Optional[Path], typer.Option(help="Generation cache file (default ~/.cache/agentrec/generations.sqlite).")] = None,
     embedder: Annotated[str, typer.Option(help=_EMBEDDER_HELP)] = "minilm",
@@ -550,9 +560,9 @@ def compare_command(
     llm_sessions: Annotated[int, typer.Option(help="LLM and hybrid rows run on the first N test sessions; every other method is also reported on exactly those.")] = 30,
     engine: Annotated[EngineName, typer.Option(help="LLM engine (hf: SmolLM2, offline).")] = EngineName.hf,
     model: Annotated[Optional[str], typer.Option(help="LLM: as for 'agentrec predict --model'.")] = None,
-    base_url: Annotated[Optional[str], typer.Option(help="openai: server URL.")] = None,
-    api_key: Annotated[Optional[str], typer.Option(envvar="OPENAI_API_KEY", help="openai: API key.")] = None,
-    batch_size: Annotated[int, typer.Option(help="hf: chats per generate call.")] = 8,
+    base_url: BaseUrlOption = None,
+    api_key: ApiKeyOption = None,
+    batch_size: ChatBatchOption = 8,
     embedder: Annotated[str, typer.Option(help=_EMBEDDER_HELP)] = "minilm",
     epochs: Annotated[int, typer.Option(help="Training budget of the session models: most epochs (reduced default, stated in the outputs).")] = 3,
     max_train_samples: Annotated[Optional[int], typer.Option(help="Train on a seeded subsample of this many samples (default 10,000; 0 = all).")] = 10_000,

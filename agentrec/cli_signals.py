@@ -12,7 +12,19 @@ from typing import Annotated, Optional
 
 import typer
 
-from agentrec.cli import _EMBEDDER_HELP, EngineName, _torch_threads, user_errors
+from agentrec.cli import (
+    _EMBEDDER_HELP,
+    ApiKeyOption,
+    BaseUrlOption,
+    ChatBatchOption,
+    ConcurrencyOption,
+    DeviceOption,
+    EnforceEagerOption,
+    EngineName,
+    TensorParallelOption,
+    _torch_threads,
+    user_errors,
+)
 
 signals_app = typer.Typer(
     help="LaMAR semantic signals: generate per-item usage scenarios, intents and summaries with an LLM "
@@ -54,14 +66,14 @@ def signals_generate(
     retries: Annotated[int, typer.Option(help="Extra attempts, sampled, for an output that is empty after cleaning.")] = 2,
     max_chars: Annotated[int, typer.Option(help="Cleaned signals are cut to this many characters at a word boundary.")] = 240,
     chunk_size: Annotated[int, typer.Option(help="Signals per engine call; each chunk is written durably before the next.")] = 64,
-    batch_size: Annotated[int, typer.Option(help="hf: chats per generate call.")] = 16,
-    device: Annotated[str, typer.Option(help="hf: cpu, cuda, cuda:N or auto.")] = "auto",
+    batch_size: ChatBatchOption = 16,
+    device: DeviceOption = "auto",
     threads: Annotated[int, typer.Option(help="Torch threads.")] = 1,
-    base_url: Annotated[Optional[str], typer.Option(help="openai: server URL, e.g. http://127.0.0.1:8000/v1.")] = None,
-    api_key: Annotated[Optional[str], typer.Option(envvar="OPENAI_API_KEY", help="openai: API key (local servers ignore it).")] = None,
-    concurrency: Annotated[int, typer.Option(help="openai, langchain: requests in flight at once.")] = 8,
-    tensor_parallel_size: Annotated[int, typer.Option(help="vllm: GPUs per model.")] = 1,
-    enforce_eager: Annotated[bool, typer.Option("--enforce-eager", help="vllm: skip compilation (starts sooner, generates slower).")] = False,
+    base_url: BaseUrlOption = None,
+    api_key: ApiKeyOption = None,
+    concurrency: ConcurrencyOption = 8,
+    tensor_parallel_size: TensorParallelOption = 1,
+    enforce_eager: EnforceEagerOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ):
     """Generate LaMAR signals for every catalogue item (or --limit / --items), resuming what a set already has.
