@@ -100,14 +100,14 @@ def main() -> None:
 
 def make_signals(args, ds, counts) -> dict:
     """Generate or resume the set (unless --no-generate); returns the throughput of its last run."""
-    from agentrec.engines import HFEngine
-    from agentrec.signals import SignalConfig, generate_signals
-
     last_run = args.signals / "last_run.json"
     if args.no_generate:
         if not (args.signals / "manifest.json").exists():
             raise SystemExit(f"{args.signals} is not a signal set (no manifest.json); drop --no-generate to make it")
         return json.loads(last_run.read_text()) if last_run.exists() else {}
+    from agentrec.engines import HFEngine
+    from agentrec.signals import SignalConfig, generate_signals
+
     if args.signal_items:
         item_ids = sorted(np.argsort(-counts, kind="stable")[: args.signal_items].tolist())
     else:
