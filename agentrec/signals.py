@@ -51,6 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
+from agentrec.errors import MismatchError
+
 from agentrec.engines import Engine, EngineError, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -73,7 +75,7 @@ _NEXT_EXAMPLE = re.compile(r"\n\s*(?:item|movie|product)\s*[:：]", re.IGNORECAS
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
-class SignalSetMismatchError(ValueError):
+class SignalSetMismatchError(MismatchError):
     """A signal set folder was made with other settings than the ones asked for."""
 
 

@@ -13,23 +13,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from agentrec.errors import DataFormatError  # noqa: F401  (re-exported: loaders raise it from here)
+
 logger = logging.getLogger(__name__)
 
 # Text fields an item table may carry, beyond ``item`` (original id) and ``title``.
 # List-valued fields hold lists of strings; the rest are scalars or missing.
 TEXT_FIELDS = ("brand", "categories", "description", "year", "genres", "price")
 LIST_FIELDS = ("categories", "genres")
-
-
-class DataFormatError(ValueError):
-    """A source file is malformed. The message names the file and the line."""
-
-    def __init__(self, path: str | Path, line: int | None, reason: str):
-        where = f"{path}:{line}" if line is not None else str(path)
-        super().__init__(f"{where}: {reason}")
-        self.path = str(path)
-        self.line = line
-        self.reason = reason
 
 
 @dataclass
