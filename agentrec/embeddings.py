@@ -175,7 +175,8 @@ def item_embeddings(dataset, embedder: Embedder | str = DEFAULT_EMBEDDER, *, tem
 
     Cached under ``cache`` (default: ``DATASET/embeddings``) by a key over the embedder's
     fingerprint and every rendered text (so the template and the item table are both in it): a
-    second call with the same inputs reads the file and computes nothing.
+    second call with the same inputs reads the file and computes nothing. A damaged cache file
+    (truncated, corrupted, wrong shape, non-finite values) is logged as a warning and rebuilt.
     """
     from agentrec.text import item_texts
 
@@ -184,18 +185,46 @@ def item_embeddings(dataset, embedder: Embedder | str = DEFAULT_EMBEDDER, *, tem
     key = embedding_key(embedder.fingerprint, texts)
     folder = Path(cache) if cache else (Path(dataset.path) / "embeddings" if dataset.path else None)
     if folder is not None and (folder / f"{key}.npy").exists():
-        logger.info("item embeddings from cache %s", folder / f"{key}.npy")
-        return np.load(folder / f"{key}.npy")
+        table = _read_cache(folder / f"{key}.npy", rows=len(texts) + 1)
+        if table is not None:
+            logger.info("item embeddings from cache %s", folder / f"{key}.npy")
+            return table
     vectors = embedder.embed(texts, progress=progress)
     table = np.vstack([np.zeros((1, vectors.shape[1]), dtype=np.float32), vectors])
     if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
         partial = folder / f"{key}.partial.npy"
-        np.save(partial, table)
-        partial.rename(folder / f"{key}.npy")
-        (folder / f"{key}.json").write_text(json.dumps({"embedder": embedder.fingerprint, "items": len(texts),
-                                                        "dimension": int(table.shape[1])}, indent=2))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            np.save(partial, table)
+            partial.rename(folder / f"{key}.npy")
+            (folder / f"{key}.json").write_text(json.dumps({"embedder": embedder.fingerprint, "items": len(texts),
+                                                            "dimension": int(table.shape[1])}, indent=2))
+        except OSError as error:  # a cache saves time only: an unwritable or blocked one is no reason to stop
+            logger.warning("could not write the embedding cache %s (%s); continuing without it",
+                           (folder / f"{key}.npy").resolve(), error)
+            if partial.is_file():
+                partial.unlink()
     return table
+
+
+def _read_cache(path: Path, *, rows: int) -> np.ndarray | None:
+    """The cached ``(rows, d)`` table at ``path``, or None (with a warning) when the file is damaged."""
+    try:
+        table = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:  # truncated, corrupted, or not an .npy file at all
+        reason = f"unreadable ({' '.join(str(error).split())[:200]})"
+    else:
+        if not isinstance(table, np.ndarray):  # np.load opens a zip (.npz) as a lazy archive
+            table.close()
+            reason = "is an .npz archive, not an .npy array"
+        elif table.ndim != 2 or table.shape[0] != rows or table.dtype != np.float32:
+            reason = f"holds a {table.dtype} array of shape {table.shape}, expected float32 ({rows}, d)"
+        elif not np.isfinite(table).all():
+            reason = "holds NaN or infinite values"
+        else:
+            return table
+    logger.warning("embedding cache %s is damaged (%s); rebuilding it", path.resolve(), reason)
+    return None
 
 
 def embedding_key(fingerprint: str, texts: list[str]) -> str:

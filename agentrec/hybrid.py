@@ -99,16 +99,21 @@ def fuse(candidates: np.ndarray, distances: np.ndarray, model_scores: np.ndarray
 
     Returns:
         ``(ordered, fused)``: ``(B, M)`` candidate ids best first, padding last, and their fused
-        scores (``-inf`` at padding). Ties keep the LLM's order (the sort is stable).
+        scores (``-inf`` at padding). Ties keep the LLM's order (the sort is stable). A model score
+        of NaN or ``+inf`` counts as the model's best (against the model, as ties do in
+        :mod:`agentrec.metrics`), ``-inf`` as its worst.
     """
     candidates = np.asarray(candidates, dtype=np.int64)
     valid = candidates > 0
     model_scores = np.asarray(model_scores, dtype=np.float64)
+    high = np.isnan(model_scores) | (model_scores == np.inf)  # (B, M) NaN never sorts below a real score
     if config.fusion == "rerank":
-        fused = model_scores.copy()
+        fused = np.where(high, np.inf, model_scores)
     else:
+        finite = valid & np.isfinite(model_scores)
+        model_part = np.where(high, 1.0, _minmax(np.where(finite, model_scores, 0.0), finite))
         similarity = 1.0 - np.asarray(distances, dtype=np.float64)
-        fused = (1.0 - config.weight) * _minmax(model_scores, valid) + config.weight * _minmax(similarity, valid)
+        fused = (1.0 - config.weight) * model_part + config.weight * _minmax(similarity, valid)
     fused = np.where(valid, fused, -np.inf)
     order = np.argsort(-fused, axis=1, kind="stable")  # stable: equal scores keep the nearer title first
     return np.take_along_axis(candidates, order, 1), np.take_along_axis(fused, order, 1)
@@ -132,13 +137,16 @@ def hybrid_ranks(candidates: np.ndarray, distances: np.ndarray, scores: np.ndarr
         item came from the candidates. A target among the candidates ranks at its position in the
         fused order; with fill, any other target ranks at ``c + 1 + #other items outside the
         candidates scoring >= it`` (``c``: the session's candidates; ties count against the model, as in
-        :mod:`agentrec.metrics`). The listed fill order breaks exact ties by the smaller item id.
+        :mod:`agentrec.metrics`). A target whose model score is not finite ranks last (``N``) wherever
+        it is, and another item scored NaN counts as a tie. The listed fill order breaks exact ties
+        by the smaller item id.
     """
     scores = np.array(scores, dtype=np.float64)  # a copy: candidates are masked below
     b, width = scores.shape
     candidates = np.asarray(candidates, dtype=np.int64)
     targets = np.asarray(targets, dtype=np.int64)
     rows = np.arange(b)
+    broken = ~np.isfinite(scores[rows, targets])  # (B,) a diverged model's target never ranks well
     ordered, _ = fuse(candidates, distances, np.take_along_axis(scores, candidates, 1), config)
     counts = (ordered > 0).sum(1)  # (B,) candidates per session
     ranks = np.full(b, math.inf)
@@ -157,7 +165,8 @@ def hybrid_ranks(candidates: np.ndarray, distances: np.ndarray, scores: np.ndarr
         scores[rows[:, None], candidates] = -np.inf  # candidates are already listed (padding id 0 is -inf anyway)
         outside = ~inside
         target_score = scores[rows, targets]  # (B,)
-        beaten = (scores >= target_score[:, None]).sum(1)  # includes the target itself
+        # not below the target: higher, tied, NaN, and the target itself
+        beaten = width - (scores < target_score[:, None]).sum(1)
         ranks[outside] = counts[outside] + beaten[outside]
         # the listed continuation: by score, then by smaller id (a stable sort of ids 0..N)
         rest = np.argsort(-scores, axis=1, kind="stable")[:, :k]
@@ -165,6 +174,7 @@ def hybrid_ranks(candidates: np.ndarray, distances: np.ndarray, scores: np.ndarr
             free = k - min(int(counts[row]), k)
             if free:
                 top[row, k - free :] = rest[row, :free]
+    ranks[broken & (inside | config.fill)] = width - 1
     return ranks, top, from_llm
 
 

@@ -31,23 +31,29 @@ chromadb and langchain are imported inside the functions that use them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import re
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from agentrec.errors import MismatchError, NotFoundError
+from agentrec.errors import DamagedFileError, MismatchError, NotFoundError, UsageError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_STORE = "vectorstore"
 FALLBACK_MAX_BATCH = 5000  # when the client cannot tell its own limit
 STATE_BUILDING, STATE_COMPLETE = "building", "complete"
+STORE_FILE = "chroma.sqlite3"  # the SQLite file of an on-disk Chroma store
+# the small tables Chroma reads when a client starts; a damaged one makes chromadb panic
+_STARTUP_TABLES = ("migrations", "tenants", "databases", "collections", "collection_metadata", "segments",
+                   "segment_metadata", "max_seq_id")
 
 
 class IndexMismatchError(MismatchError):
@@ -135,11 +141,78 @@ def _describe(store, chroma_host) -> str:
     return f"Chroma server {chroma_host}" if chroma_host else f"store {store}"
 
 
+def _damaged_store(store: str | Path, reason: str) -> DamagedFileError:
+    folder = Path(store).resolve()
+    return DamagedFileError(f"{folder / STORE_FILE}: the Chroma store is damaged ({reason}); delete the folder "
+                            f"{folder} and run 'agentrec index build --data DATASET --store {store}' again")
+
+
+def check_store_file(store: str | Path) -> None:
+    """Refuse a damaged ``chroma.sqlite3`` in ``store`` with one :class:`DamagedFileError`.
+
+    chromadb answers a damaged file with a long traceback or a Rust panic. This check is cheap
+    whatever the store's size: the SQLite header, the schema, and the few small tables Chroma reads
+    at start-up, opened read-only. A locked or busy file is left to chromadb.
+    """
+    import sqlite3
+
+    path = Path(store) / STORE_FILE
+    if not path.is_file() or path.stat().st_size == 0:  # chromadb makes an empty file a new store
+        return
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    if head != b"SQLite format 3\x00":
+        raise _damaged_store(store, "not an SQLite database: bad header")
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            for table in _STARTUP_TABLES:
+                if table in tables:
+                    connection.execute(f'SELECT count(*) FROM "{table}"').fetchone()
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as error:
+        if getattr(error, "sqlite_errorcode", None) in (11, 26) or "malformed" in str(error) \
+                or "not a database" in str(error):  # SQLITE_CORRUPT, SQLITE_NOTADB
+            raise _damaged_store(store, str(error)) from None
+        logger.debug("could not pre-check %s (%s); leaving it to chromadb", path, error)
+
+
+def _is_damage(error: BaseException) -> bool:
+    """True for chromadb's answers to a damaged SQLite file (an internal error, or a Rust panic)."""
+    text = str(error)
+    return type(error).__name__ in ("InternalError", "PanicException") and (
+        "malformed" in text or "not a database" in text or "code: 11" in text or "code: 26" in text)
+
+
+@contextmanager
+def _store_guard(store: str | Path | None, chroma_host: str | None = None):
+    """Turn chromadb's errors for a damaged on-disk store into one :class:`DamagedFileError`."""
+    try:
+        yield
+    except BaseException as error:  # a Rust panic (pyo3 PanicException) is not an Exception
+        if chroma_host is None and store is not None and _is_damage(error):
+            raise _damaged_store(store, " ".join(str(error).split())[:200]) from None
+        raise
+
+
+def _guarded(method):
+    """Run a classmethod with ``store=``/``chroma_host=`` keywords under :func:`_store_guard`."""
+
+    @functools.wraps(method)
+    def wrapper(cls, *args, store: str | Path = DEFAULT_STORE, chroma_host: str | None = None, **kwargs):
+        with _store_guard(store, chroma_host):
+            return method(cls, *args, store=store, chroma_host=chroma_host, **kwargs)
+
+    return wrapper
+
+
 def connect(store: str | Path = DEFAULT_STORE, chroma_host: str | None = None, *, create: bool = True):
     """A Chroma client: a server when ``chroma_host`` ("HOST:PORT") is given, else the folder ``store``.
 
     Telemetry is off. With ``create=False`` a missing folder raises :class:`IndexNotFoundError`
-    instead of becoming an empty store.
+    instead of becoming an empty store; a damaged ``chroma.sqlite3`` raises :class:`DamagedFileError`.
     """
     import chromadb
     from chromadb.config import Settings
@@ -148,10 +221,14 @@ def connect(store: str | Path = DEFAULT_STORE, chroma_host: str | None = None, *
     if chroma_host:
         host, port, ssl = _parse_host(chroma_host)
         return chromadb.HttpClient(host=host, port=port, ssl=ssl, settings=settings)
+    if Path(store).exists() and not Path(store).is_dir():
+        raise UsageError(f"--store {store} is a file, not a Chroma store folder; pass a folder")
     if not create and not Path(store).is_dir():
         raise IndexNotFoundError(f"no Chroma store at {store}; build one with 'agentrec index build --data DATASET "
                                  f"--store {store}'")
-    return chromadb.PersistentClient(path=str(store), settings=settings)
+    check_store_file(store)
+    with _store_guard(store):
+        return chromadb.PersistentClient(path=str(store), settings=settings)
 
 
 def max_batch_size(client) -> int:
@@ -214,6 +291,7 @@ class CatalogueIndex:
 
     # ------------------------------------------------------------------ construction
     @classmethod
+    @_guarded
     def build(cls, dataset, embedder, *, store: str | Path = DEFAULT_STORE, chroma_host: str | None = None,
               collection: str | None = None, template=None, signals: dict | None = None,
               hnsw: HNSWSettings = HNSWSettings(), rebuild: bool = False, progress: bool = True) -> CatalogueIndex:
@@ -312,6 +390,7 @@ class CatalogueIndex:
         return cls(client, created, embedder, table=table, location=where)
 
     @classmethod
+    @_guarded
     def open(cls, dataset, embedder, *, store: str | Path = DEFAULT_STORE, chroma_host: str | None = None,
              collection: str | None = None) -> CatalogueIndex:
         """Open a complete collection built by :meth:`build`, checking it against ``embedder`` (and ``dataset``).

@@ -5,6 +5,8 @@ Protocol (stated with every number agentrec prints):
 * every item of the catalogue (ids 1..n) is a candidate; id 0 is padding and never ranked;
 * the rank of the target is ``1 + #items scoring higher + #other items scoring the same``: ties count
   against the model, so a constant scorer ranks every target last instead of first;
+* a non-finite score never helps the model: a target scored NaN or +-inf ranks last (``n_items``),
+  and another item scored NaN counts as a tie, so a diverged model is never a hit;
 * with ``exclude_history=True`` the items of the session's history are removed from the candidates;
   a target that is itself in the history then cannot be recommended and counts as a miss
   (rank = infinity) rather than being quietly let through;
@@ -38,15 +40,25 @@ def target_ranks(scores, targets, *, excluded_target=None):
         excluded_target: optional ``(B,)`` bool tensor; True rows get rank infinity.
 
     Returns:
-        ``(B,)`` float64 numpy array of ranks (``inf`` for an excluded target).
+        ``(B,)`` float64 numpy array of ranks (``inf`` for an excluded target). A target whose score
+        is not finite (NaN, ``+inf``, ``-inf``) ranks last (``n_items``); a NaN score of another item
+        counts against the model like a tie.
     """
     target_score = scores.gather(1, targets.view(-1, 1))  # (B, 1)
-    # rank = 1 + #higher + #other ties = #items scoring >= the target (the target counts itself)
+    width = scores.shape[1]  # n_items + 1
+    # rank = 1 + #higher + #other ties = #columns NOT scoring below the target (the target counts
+    # itself). Counting "not below" rather than ">=" makes a NaN elsewhere count against the model
+    # (NaN < t is False) in the same single pass over the (B, n) matrix.
     if scores.device.type == "cpu":
         # numpy counts a boolean matrix several times faster than torch's bool sum on a CPU
-        ranks = np.count_nonzero(scores.detach().numpy() >= target_score.detach().numpy(), axis=1).astype(np.float64)
+        below = np.count_nonzero(scores.detach().numpy() < target_score.detach().numpy(), axis=1)
     else:
-        ranks = (scores >= target_score).sum(1).cpu().numpy().astype(np.float64)
+        below = (scores < target_score).sum(1).cpu().numpy()
+    ranks = (width - below).astype(np.float64)
+    # a non-finite target (a diverged model: NaN, or +-inf) ranks last, never first; a (B,) check only
+    broken = ~np.isfinite(target_score.detach().view(-1).cpu().numpy())
+    if broken.any():
+        ranks[broken] = width - 1
     if excluded_target is not None:
         ranks[excluded_target.cpu().numpy()] = math.inf
     return ranks
@@ -122,6 +134,7 @@ def rank_samples(
     rows = chunk_rows(n_items, memory_budget_mb)
     n = len(samples)
     ranks = np.empty(n, dtype=np.float64)
+    nonfinite_targets = 0  # samples whose (reachable) target got NaN or +-inf: a diverged model
     bar = _progress(n, desc) if progress else None
     with torch.no_grad():
         for start in range(0, n, rows):
@@ -142,6 +155,10 @@ def rank_samples(
                 excluded_target[row[hits]] = True
                 scores[row, col] = -math.inf
             ranks[index] = target_ranks(scores, targets, excluded_target=excluded_target)
+            broken = ~torch.isfinite(scores.gather(1, targets.view(-1, 1)).view(-1))  # (B,)
+            if excluded_target is not None:
+                broken &= ~excluded_target  # -inf by design, not by the model
+            nonfinite_targets += int(broken.sum())
             if bar is not None:
                 bar.update(len(index))
     if bar is not None:
@@ -151,6 +168,7 @@ def rank_samples(
         metrics=metrics_from_ranks(ranks, ks),
         exclude_history=exclude_history,
         seconds=time.perf_counter() - started,
+        extra={"nonfinite_targets": nonfinite_targets},
     )
 
 

@@ -15,10 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+from agentrec.errors import TrainingDivergedError, UsageError
 from agentrec.metrics import DEFAULT_KS
+from agentrec.options import COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, SEED, OptionError, Range
 from agentrec.runs import RunInfo, dataset_ref, evaluate_model, save_run
 
 logger = logging.getLogger(__name__)
+
+METRIC_FAMILIES = ("recall", "mrr", "ndcg")  # what evaluate_model reports at every K
 
 
 @dataclass
@@ -39,6 +43,22 @@ class TrainConfig:
     eval_memory_mb: float = 256.0
     max_train_samples: int | None = None  # train on a seeded subsample (quick experiments)
     bucket: int = 50  # sort each run of `bucket` batches by history length (less padding); 0 = plain shuffle
+
+    def __post_init__(self):
+        """Range-check every field before any work; an :class:`OptionError` names the field."""
+        for name in ("epochs", "batch_size", "lr_step", "patience", "threads", "max_train_samples"):
+            COUNT.check(name, getattr(self, name))
+        POSITIVE.check("lr", self.lr)
+        NON_NEGATIVE.check("weight_decay", self.weight_decay)
+        Range(0, 1, low_open=True, note="1 keeps the learning rate constant").check("lr_gamma", self.lr_gamma)
+        POSITIVE.check("eval_memory_mb", self.eval_memory_mb)
+        NON_NEGATIVE_INT.check("bucket", self.bucket)
+        SEED.check("seed", self.seed)
+        family, _, k = str(self.select_metric).partition("@")
+        if family not in METRIC_FAMILIES or not k.isdigit() or int(k) < 1:
+            raise OptionError("select_metric", f"must be one of {', '.join(f + '@K' for f in METRIC_FAMILIES)} with "
+                                               f"K a whole number >= 1 (e.g. recall@100, mrr@20); got {self.select_metric!r}")
+        self.select_metric = f"{family}@{int(k)}"  # recall@020 is the recall@20 that evaluate_model reports
 
 
 def set_seed(seed: int) -> None:
@@ -74,6 +94,9 @@ def train_model(model, dataset, config: TrainConfig, *, out: str | Path | None =
     """
     import torch
 
+    if len(dataset.valid) == 0:  # before any work: there would be no epoch to select
+        raise UsageError(f"the validation split of dataset {dataset.name!r} ({dataset.path}) is empty, so no epoch "
+                         "can be selected; prepare it again with a validation split")
     torch.set_num_threads(config.threads)
     set_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -91,23 +114,48 @@ def train_model(model, dataset, config: TrainConfig, *, out: str | Path | None =
         started, started_cpu = time.perf_counter(), time.process_time()
         total_loss, seen = 0.0, 0
         bar = _bar(len(train), f"epoch {epoch}") if progress else None
-        for index in batches:
+        for number, index in enumerate(batches, start=1):
             batch = model.make_batch(train, index)
-            loss = model.loss(batch)
+            try:
+                loss = model.loss(batch)
+            except TrainingDivergedError as error:  # a model's own check (e.g. a NaN attention parameter)
+                raise TrainingDivergedError(f"training diverged at epoch {epoch}, batch {number} of "
+                                            f"{len(batches)} (lr {config.lr:g}): {error}") from None
+            value = loss.item()
+            if not math.isfinite(value):  # before the step: the weights that made it are never kept
+                if bar is not None:
+                    bar.close()
+                raise TrainingDivergedError(
+                    f"training diverged: the loss is {value} at epoch {epoch}, batch {number} of {len(batches)} "
+                    f"(lr {config.lr:g}); nothing was saved. Lower --lr (the default is {TrainConfig.lr:g}) "
+                    "and train again")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total_loss += loss.item() * len(index)
+            total_loss += value * len(index)
             seen += len(index)
             if bar is not None:
                 bar.update(len(index))
-                bar.set_postfix(loss=f"{loss.item():.3f}", sps=f"{seen / (time.perf_counter() - started):.0f}")
+                bar.set_postfix(loss=f"{value:.3f}", sps=f"{seen / (time.perf_counter() - started):.0f}")
         train_seconds = time.perf_counter() - started
         train_cpu_seconds = time.process_time() - started_cpu
         scheduler.step()
         model.eval()
-        valid = evaluate_model(model, dataset, "valid", ks=ks, exclude_history=config.exclude_history,
-                               memory_budget_mb=config.eval_memory_mb)
+        _check_finite(model, config, epoch, bar)  # a finite last loss can still leave non-finite weights
+        try:
+            valid = evaluate_model(model, dataset, "valid", ks=ks, exclude_history=config.exclude_history,
+                                   memory_budget_mb=config.eval_memory_mb)
+        except TrainingDivergedError as error:
+            raise TrainingDivergedError(f"training diverged: validating after epoch {epoch} "
+                                        f"(lr {config.lr:g}): {error}") from None
+        if valid.extra.get("nonfinite_targets"):
+            # non-finite scores rank last, so their metric is low, but never select such an epoch
+            if bar is not None:
+                bar.close()
+            raise TrainingDivergedError(
+                f"training diverged: after epoch {epoch} the model gives {valid.extra['nonfinite_targets']} of "
+                f"{valid.n} validation targets a non-finite score (lr {config.lr:g}); nothing was saved. "
+                f"Lower --lr (the default is {TrainConfig.lr:g}) and train again")
         score = valid.metrics[config.select_metric]
         row = {
             "epoch": epoch,
@@ -127,7 +175,7 @@ def train_model(model, dataset, config: TrainConfig, *, out: str | Path | None =
             bar.close()
         logger.info("epoch %d: loss %.4f, %.0f samples/s, valid %s %.4f", epoch, row["loss"],
                     row["samples_per_second"], config.select_metric, score)
-        if score > best:
+        if math.isfinite(score) and score > best:  # NaN (an empty split) is never a best
             best, best_epoch, stale = score, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
         else:
@@ -135,6 +183,10 @@ def train_model(model, dataset, config: TrainConfig, *, out: str | Path | None =
             if stale >= config.patience:
                 logger.info("no improvement in %d epochs: stopping after epoch %d", stale, epoch)
                 break
+    if best_state is None:  # cannot happen with finite scores on a non-empty split; never save a guess
+        raise TrainingDivergedError(
+            f"no epoch gave a finite validation {config.select_metric} (lr {config.lr:g}); nothing was saved. "
+            f"Lower --lr (the default is {TrainConfig.lr:g}) and train again")
     model.load_state_dict(best_state)
     model.eval()
     info = RunInfo(
@@ -157,6 +209,20 @@ def train_model(model, dataset, config: TrainConfig, *, out: str | Path | None =
     if out is not None:
         save_run(out, info, model.state_dict())
     return info
+
+
+def _check_finite(model, config: TrainConfig, epoch: int, bar) -> None:
+    """Raise :class:`TrainingDivergedError` naming the first parameter with a NaN or infinite value."""
+    import torch
+
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            if bar is not None:
+                bar.close()
+            raise TrainingDivergedError(
+                f"training diverged: after epoch {epoch} the weights {name!r} hold NaN or infinite values "
+                f"(lr {config.lr:g}); nothing was saved. Lower --lr (the default is {TrainConfig.lr:g}) "
+                "and train again")
 
 
 def _bar(total: int, desc: str):

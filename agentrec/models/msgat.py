@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agentrec.errors import TrainingDivergedError
 from agentrec.models.base import Batch, ModelConfig, SessionModel, gather_last
 from agentrec.models.graphs import session_graphs
 from agentrec.models.layers import Dropout
@@ -168,6 +169,9 @@ def entmax(x: torch.Tensor, alpha: torch.Tensor | float, dim: int = -1, n_iter: 
     shape = list(x.shape)
     shape[dim] = 1
     alpha = torch.as_tensor(alpha, dtype=x.dtype, device=x.device).expand(shape)
+    if bool(torch.isnan(alpha).any()):  # a learned alpha from non-finite activations, not a caller's bug
+        raise TrainingDivergedError("MSGAT's learned alpha-entmax alpha is NaN: the model diverged "
+                                    "(non-finite activations); lower --lr and train again")
     if not bool(((alpha > 1) & (alpha <= 2)).all()):
         raise ValueError("alpha-entmax needs every alpha in (1, 2]")
     return _Entmax.apply(x, alpha, dim, n_iter)

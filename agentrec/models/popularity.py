@@ -28,7 +28,9 @@ class Popularity:
         """``(len(index), N + 1)`` scores; the same row for every sample."""
         import torch
 
-        row = torch.from_numpy(self.counts)
+        # a copy: the evaluator writes -inf into column 0 of what it gets, and with one row the
+        # expanded view is contiguous, so it would write into (and then save) the counts themselves
+        row = torch.from_numpy(self.counts.copy())
         return row.unsqueeze(0).expand(len(index), -1)
 
     def state_dict(self) -> dict:
