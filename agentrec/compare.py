@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import math
@@ -46,7 +47,9 @@ from pathlib import Path
 
 import numpy as np
 
+from agentrec import fsutil
 from agentrec.hybrid import HybridConfig
+from agentrec.options import COUNT, SEED, OptionError, Range, check_writable
 
 logger = logging.getLogger(__name__)
 
@@ -88,20 +91,25 @@ class CompareConfig:
         from agentrec.models import MODELS
         from agentrec.prompting import STRATEGIES
 
+        # every check runs here, before anything is trained or generated; errors name the field (CLI: --models)
         known = set(MODELS) | set(SEMANTIC)
-        for name in (*self.models, self.hybrid_model):
-            if name not in known:
-                raise ValueError(f"unknown model {name!r}; choose from {', '.join(sorted(known))}")
+        for option, names in (("models", self.models), ("hybrid_model", (self.hybrid_model,))):
+            for name in names:
+                if name not in known:
+                    raise OptionError(option, f"has an unknown model {name!r}; choose from {', '.join(sorted(known))}")
         if self.base not in MODELS or self.base == "pop":
-            raise ValueError(f"--base must be a session model ({', '.join(m for m in MODELS if m != 'pop')})")
+            raise OptionError("base", f"must be a session model ({', '.join(m for m in MODELS if m != 'pop')}), "
+                                      f"got {self.base!r}")
         for name in self.strategies:
             if name not in STRATEGIES:
-                raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+                raise OptionError("strategies", f"has an unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
         if self.hybrid_model not in set(MODELS) - {"pop"} | {"semsr-i", "semsr-f"}:
-            raise ValueError(f"the hybrid model must be a trained model (a session model, semsr-i or semsr-f), "
-                             f"not {self.hybrid_model!r}")
-        if self.llm_sessions < 1:
-            raise ValueError("llm_sessions must be at least 1")
+            raise OptionError("hybrid_model", f"must name a trained model for the hybrid model (a session model, "
+                                              f"semsr-i or semsr-f), not {self.hybrid_model!r}")
+        for name in ("llm_sessions", "epochs", "max_train_samples", "patience", "threads", "rerank_depth", "bootstrap"):
+            COUNT.check(name, getattr(self, name))
+        SEED.check("seed", self.seed)
+        Range(0, 1, low_open=True, high_open=True).check("level", self.level)
 
 
 @dataclass
@@ -275,8 +283,11 @@ def table_records(table: Table) -> list[dict]:
     return records
 
 
-def plot_recall(table: Table, path: Path) -> Path:
-    """Recall@K against K (1..100) for every row of ``table``, as a PNG (matplotlib, Agg backend)."""
+def plot_recall(table: Table, path):
+    """Recall@K against K (1..100) for every row of ``table``, as a PNG (matplotlib, Agg backend).
+
+    ``path`` is a file path or a binary file object (``io.BytesIO``); it is returned.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -295,7 +306,7 @@ def plot_recall(table: Table, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")
     plt.close(fig)
     return path
 
@@ -387,6 +398,8 @@ def run_compare(out: str | Path, config: CompareConfig | None = None, *, data: s
 
     started, cpu_started = time.perf_counter(), time.process_time()
     config = config or CompareConfig()
+    for name, path, folder in (("out", out, True), ("store", store, True), ("cache_file", cache_file, False)):
+        check_writable(name, path, folder=folder)  # before anything is trained or generated
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.threads)
@@ -478,7 +491,11 @@ def _jsonable(value):
 
 
 def write_outputs(result: CompareResult, config: CompareConfig) -> None:
-    """``compare.md``, ``compare.csv``, ``compare.json``, ``recall_at_k.png`` and ``manifest.json`` in ``result.out``."""
+    """``compare.md``, ``compare.csv``, ``compare.json``, ``recall_at_k.png`` and ``manifest.json`` in ``result.out``.
+
+    Each file is written aside and renamed over the old one; ``manifest.json`` comes last and lists the
+    size and sha256 of the other four under ``"outputs"``.
+    """
     out = result.out
     manifest = result.manifest
     budget = (f"at most {config.epochs} epoch{'s' if config.epochs != 1 else ''} (patience {config.patience}) on "
@@ -511,19 +528,30 @@ def write_outputs(result: CompareResult, config: CompareConfig) -> None:
         "",
     ]
     markdown = "\n".join(header) + "\n" + "\n\n".join(format_markdown(t) for t in result.tables) + "\n"
-    (out / "compare.md").write_text(markdown)
     records = [record for table in result.tables for record in table_records(table)]
-    with open(out / "compare.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(records[0]))
-        writer.writeheader()
-        writer.writerows(records)
-    (out / "compare.json").write_text(json.dumps({
-        "unit": "metrics are fractions (0-1); intervals are bootstrap percentile intervals",
-        "tables": [{"title": t.title, "n": t.n, "rows": table_records(t)} for t in result.tables],
-        "manifest": "manifest.json",
-    }, indent=2, default=float) + "\n")
-    plot_recall(result.tables[0], out / "recall_at_k.png")
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    table_csv = io.StringIO(newline="")
+    writer = csv.DictWriter(table_csv, fieldnames=list(records[0]))
+    writer.writeheader()
+    writer.writerows(records)
+    plot = io.BytesIO()
+    plot_recall(result.tables[0], plot)
+    outputs = {
+        "compare.md": markdown.encode("utf-8"),
+        "compare.csv": table_csv.getvalue().encode("utf-8"),
+        "compare.json": (json.dumps({
+            "unit": "metrics are fractions (0-1); intervals are bootstrap percentile intervals",
+            "tables": [{"title": t.title, "n": t.n, "rows": table_records(t)} for t in result.tables],
+            "manifest": "manifest.json",
+        }, indent=2, default=float) + "\n").encode("utf-8"),
+        "recall_at_k.png": plot.getvalue(),
+    }
+    # Each file is replaced whole (written aside, renamed in); the manifest goes last and records the
+    # sha256 of the other four, so a set left mixed by a kill between two renames can be told apart.
+    manifest["outputs"] = {name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+                           for name, data in outputs.items()}
+    for name, data in outputs.items():
+        fsutil.atomic_write_bytes(out / name, data)
+    fsutil.atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, default=str) + "\n")
 
 
 class _State:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from agentrec.errors import MismatchError
+from agentrec import fsutil
+from agentrec.errors import DamagedFileError, MismatchError, NotFoundError, TrainingDivergedError
 
 from agentrec.metrics import DEFAULT_KS, RankingResult, rank_samples
 
@@ -22,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 WEIGHTS_FILE = "weights.safetensors"
+RUN_ENTRIES = frozenset({RUN_FILE, WEIGHTS_FILE})  # all a run folder holds; save_run replaces it whole
 
 
 class DatasetMismatchError(MismatchError):
@@ -46,21 +48,72 @@ class RunInfo:
 
 
 def save_run(out: str | Path, info: RunInfo, state: dict) -> Path:
-    """Write ``run.json`` and the tensors of ``state`` (name -> tensor)."""
+    """Write ``run.json`` and the tensors of ``state`` (name -> tensor) into the run folder ``out``.
+
+    The folder is built aside and swapped in whole (:func:`agentrec.fsutil.atomic_dir`): a killed
+    write leaves the previous run or this one, never new weights beside an old ``run.json``. A
+    previous run in ``out`` is replaced, as before; a folder holding anything else is refused.
+
+    Raises:
+        UsageError: ``out`` is a file, or a folder holding files that are not part of a run.
+    """
     from safetensors.torch import save_file
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(out / WEIGHTS_FILE))
-    (out / RUN_FILE).write_text(info.to_json())
+    fsutil.recover(out)
+    fsutil.refuse_foreign(out, RUN_ENTRIES, what="a run folder")
+    with fsutil.atomic_dir(out) as temp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(temp / WEIGHTS_FILE))
+        fsutil.test_pause(f"wrote {WEIGHTS_FILE}")
+        (temp / RUN_FILE).write_text(info.to_json(), encoding="utf-8")
     return out
 
 
+# the JSON type of each run.json key (every RunInfo field is a key); the first four have no default
+_RUN_TYPES = {"model": str, "model_config": dict, "train_config": dict, "dataset": dict, "history": list,
+             "best_epoch": (int, type(None)), "valid": dict, "test": dict, "semantic": dict, "extra": dict}
+_REQUIRED_KEYS = ("model", "model_config", "train_config", "dataset")
+_RETRAIN = "train the run again with 'agentrec train' (or restore the file)"
+
+
 def read_run(run: str | Path) -> RunInfo:
+    """The record of run folder ``run``.
+
+    Raises:
+        NotFoundError: ``run`` holds no ``run.json``.
+        DamagedFileError: ``run.json`` is not JSON, or a key is missing, unknown or of the wrong type;
+            the message names the file and the line/column or key.
+    """
     path = Path(run) / RUN_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{run} is not a run folder (no {RUN_FILE}); train one with 'agentrec train'")
-    return RunInfo(**json.loads(path.read_text()))
+    if not path.is_file():
+        raise NotFoundError(f"{run} is not a run folder (no {RUN_FILE}); train one with 'agentrec train'")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # a BOM from a hand edit is read as one
+    except json.JSONDecodeError as error:
+        raise DamagedFileError(f"{path.resolve()}:{error.lineno}:{error.colno}: not valid JSON ({error.msg}); "
+                               f"{_RETRAIN}") from None
+    except UnicodeDecodeError as error:
+        raise DamagedFileError(f"{path.resolve()}: not UTF-8 text (byte {error.start}); {_RETRAIN}") from None
+    if not isinstance(data, dict):
+        raise DamagedFileError(f"{path.resolve()}: expected a JSON object, found {type(data).__name__}; {_RETRAIN}")
+    for key in _REQUIRED_KEYS:
+        if key not in data:
+            raise DamagedFileError(f"{path.resolve()}: missing key {key!r}; {_RETRAIN}")
+    known = [f.name for f in fields(RunInfo)]
+    for key, value in data.items():
+        if key not in known:
+            raise DamagedFileError(f"{path.resolve()}: unknown key {key!r} (known: {', '.join(known)}); "
+                                   f"{_RETRAIN}")
+        expected = _RUN_TYPES.get(key, object)
+        if not isinstance(value, expected) or (isinstance(value, bool) and expected is not object):
+            raise DamagedFileError(f"{path.resolve()}: key {key!r} holds {type(value).__name__} {value!r:.40}, "
+                                   f"not {_json_type(expected)}; {_RETRAIN}")
+    return RunInfo(**data)
+
+
+def _json_type(types) -> str:
+    names = {str: "a string", dict: "an object", list: "a list", int: "an integer", type(None): "null"}
+    return " or ".join(names[t] for t in (types if isinstance(types, tuple) else (types,)))
 
 
 def check_dataset(info: RunInfo, dataset) -> None:
@@ -74,25 +127,73 @@ def check_dataset(info: RunInfo, dataset) -> None:
 
 
 def load_model(run: str | Path, dataset):
-    """Rebuild the model of a run folder for ``dataset`` (checked against the run's fingerprint)."""
+    """Rebuild the model of a run folder for ``dataset`` (checked against the run's fingerprint).
+
+    Raises:
+        DamagedFileError: ``weights.safetensors`` is missing a tensor, truncated or corrupted, or does
+            not fit the model ``run.json`` describes; the message names the file and the tensor.
+        TrainingDivergedError: a tensor holds NaN or infinite values (the run diverged in training),
+            so its scores would be meaningless.
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from agentrec.models import model_class
 
     info = read_run(run)
     check_dataset(info, dataset)
-    cls = model_class(info.model)
-    model = cls.from_config(info.model_config, dataset) if hasattr(cls, "from_config") else cls(dataset.n_items)
-    state = load_file(str(Path(run) / WEIGHTS_FILE))
-    if info.semantic.get("mode") == "fusion":
-        from agentrec.models.semantic import FusionConfig, SemanticFusion
+    run_file = (Path(run) / RUN_FILE).resolve()
+    try:
+        cls = model_class(info.model)
+    except ValueError as error:
+        raise DamagedFileError(f"{run_file}: key 'model': {error}; {_RETRAIN}") from None
+    try:
+        model = cls.from_config(info.model_config, dataset) if hasattr(cls, "from_config") else cls(dataset.n_items)
+    except TypeError as error:  # a key the model's Config does not have
+        raise DamagedFileError(f"{run_file}: key 'model_config' does not fit model {info.model!r} ({error}); "
+                               f"{_RETRAIN}") from None
+    weights = (Path(run) / WEIGHTS_FILE).resolve()
+    if not weights.exists():
+        raise NotFoundError(f"{weights} is missing: the run folder is incomplete; {_RETRAIN}")
+    if not weights.is_file():
+        raise DamagedFileError(f"{weights} is not a file; {_RETRAIN}")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as error:
+        raise DamagedFileError(f"{weights}: truncated or corrupted ({error}); {_RETRAIN}") from None
+    if info.model != "pop":  # the popularity floor is counted, not trained: nothing to diverge
+        _check_finite_weights(state, weights)
+    try:
+        if info.semantic.get("mode") == "fusion":
+            from agentrec.models.semantic import FusionConfig, SemanticFusion
 
-        model = SemanticFusion(model, state["llm_items"].numpy(),
-                               FusionConfig(output_size=info.semantic.get("output_size")))
-    model.load_state_dict(state)
+            model = SemanticFusion(model, state["llm_items"].numpy(),
+                                   FusionConfig(output_size=info.semantic.get("output_size")))
+        model.load_state_dict(state)
+    except KeyError as error:
+        raise DamagedFileError(f"{weights}: no tensor {error.args[0]!r}, which model {info.model!r} needs; "
+                               f"{_RETRAIN}") from None
+    except RuntimeError as error:  # torch: missing/unexpected keys or shapes that do not fit the config
+        reason = " ".join(str(error).split())
+        raise DamagedFileError(f"{weights}: does not fit the model in {run_file.name} ({reason[:300]}); "
+                               f"{_RETRAIN}") from None
     if hasattr(model, "eval"):
         model.eval()
     return info, model
+
+
+def _check_finite_weights(state: dict, weights: Path) -> None:
+    """Refuse weights with NaN or infinite values: their scores would rank nothing meaningfully."""
+    import torch
+
+    for name, tensor in state.items():
+        if tensor.is_floating_point():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise TrainingDivergedError(
+                    f"{weights.parent}: tensor {name!r} in {weights.name} holds {bad} NaN or infinite values "
+                    f"of {tensor.numel()}: the run diverged in training (or the file is damaged), so it cannot be "
+                    "evaluated. Train it again with a lower --lr")
 
 
 def score_fn(model, samples):
@@ -152,5 +253,5 @@ def evaluate_run(run: str | Path, *, data: str | Path | None = None, split: str 
                             memory_budget_mb=memory_budget_mb, progress=progress)
     if split == "test":
         info.test = {**result.metrics, "samples": result.n, "protocol": result.describe(), "seconds": result.seconds}
-        (Path(run) / RUN_FILE).write_text(info.to_json())
+        fsutil.atomic_write_text(Path(run) / RUN_FILE, info.to_json())
     return info, result

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from agentrec.data import protocols as P
-from agentrec.data.dataset import PreparedDataset
+from agentrec.data.dataset import PreparedDataset, check_output_folder
 from agentrec.data.sources import SOURCES, get_loader
 
 logger = logging.getLogger(__name__)
@@ -50,9 +50,17 @@ def prepare_dataset(
     skip_bad: bool = False,
     protocol_options: dict | None = None,
     loader_options: dict | None = None,
+    force: bool = False,
 ) -> PreparedDataset:
-    """Load ``name`` from ``source``, apply ``protocol`` (default: the dataset's usual one), save to ``out``."""
+    """Load ``name`` from ``source``, apply ``protocol`` (default: the dataset's usual one), save to ``out``.
+
+    ``out`` is written whole or not at all. If it already holds this very dataset (same fingerprint)
+    it is kept; another dataset there is replaced only with ``force`` (see
+    :meth:`PreparedDataset.save`). ``out`` is checked before any loading starts.
+    """
     from agentrec.data.prepare import prepare
+
+    check_output_folder(out)
 
     protocol_options = dict(protocol_options or {})
     loader_options = dict(loader_options or {})
@@ -67,5 +75,5 @@ def prepare_dataset(
     for key, value in raw.report.counts.items():
         logger.info("load report: %s = %d", key, value)
     dataset = prepare(raw, proto)
-    dataset.save(out)
+    dataset.save(out, force=force)
     return dataset
