@@ -50,7 +50,8 @@ def test_bad_header_and_missing_item_file(tmp_path):
     write(folder / "h.inter", "user item\n1 2\n")
     with pytest.raises(DataFormatError, match=r"h\.inter:1"):
         load_recbole(folder)
-    write(folder / "h.inter", "user_id:token\titem_id:token\ttimestamp:float\nu\t1\t1\nu\t2\t2\nu\t3\t3\n")
+    # four events (item 1 twice), so that leave-one-out leaves a training sample
+    write(folder / "h.inter", "user_id:token\titem_id:token\ttimestamp:float\nu\t1\t1\nu\t2\t2\nu\t3\t3\nu\t1\t4\n")
     raw = load_recbole(folder)
     assert raw.report.counts["no_item_file"] == 1
     ds = prepare(raw, LeaveOneOut())
@@ -61,7 +62,7 @@ def test_bad_header_and_missing_item_file(tmp_path):
 def test_interactions_with_unknown_items_are_kept_and_counted(tmp_path):
     folder = tmp_path / "u"
     folder.mkdir()
-    write(folder / "u.inter", "user_id:token\titem_id:token\ttimestamp:float\nu\t1\t1\nu\t2\t2\nu\t3\t3\n")
+    write(folder / "u.inter", "user_id:token\titem_id:token\ttimestamp:float\nu\t1\t1\nu\t2\t2\nu\t3\t3\nu\t1\t4\n")
     write(folder / "u.item", "item_id:token\ttitle:token_seq\n1\tOne\n2\tTwo\n")
     ds = prepare(load_recbole(folder), LeaveOneOut())
     counts = ds.stats["load_report"]["counts"]

