@@ -8,7 +8,10 @@ No public reference code; the prompts follow the paper's Figure 2.
 
 :func:`predict` runs it for the sessions of a split:
 
-1. renders one chat per session (per step: CoT strategies run a rationale step, then a title step),
+1. checks the templates (:func:`agentrec.prompting.validate_templates`) before any model loads, then
+   renders one chat per session (per step: CoT strategies run a rationale step, then a title step),
+   each cut to the engine's context (item texts first, then whole prompts: "Budgets" in
+   :mod:`agentrec.prompting`; the cuts are counted in the result),
 2. generates in chunks of ``chunk_size`` sessions, one engine call per step and chunk, through the
    generation cache (:mod:`agentrec.gencache`: a rerun or resumed run makes no repeated calls),
 3. parses a title from each output (:func:`parse_title`),
@@ -36,7 +39,7 @@ import numpy as np
 
 from agentrec.engines import Engine, EngineConfig, SamplingParams, get_engine
 from agentrec.gencache import GenerationCache, cached_generate
-from agentrec.prompting import PromptBuilder, PromptConfig, chat_digest, get_strategy
+from agentrec.prompting import PromptBuilder, PromptConfig, chat_digest, validate_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +63,8 @@ _DOUBLE_QUOTED = re.compile(r"[\"“”«»](.+?)[\"“”«»]")
 _SINGLE_QUOTED = re.compile(r"^['‘’`](.+?)['‘’`](?=\s|$|[.,;:!?)])")
 _SINGLE_QUOTED_INSIDE = re.compile(r"(?<!\w)['‘`](.+?)['’`](?!\w)")  # not an apostrophe: "movie's"
 _EXPLANATION = re.compile(
-    r"(?:\s+because\b|\s+(?:since|which is|which was|due to|given that)\b"
+    # (?<!\s) anchors a whitespace run at its start: without it a long run of spaces is quadratic
+    r"(?:(?<!\s)\s+because\b|(?<!\s)\s+(?:since|which is|which was|due to|given that)\b"
     r"|(?:[,;:]|\s[-–—])\s*(?:because|since|as|which|this|it|that|the customer|they|based|given|due)\b"
     r"|\s\((?:because|since|as|this|it|which|based)\b).*$",
     re.IGNORECASE | re.DOTALL,
@@ -182,6 +186,11 @@ class PredictResult:
     unparseable: int = 0  # outputs with no title
     ungrounded: int = 0  # parsed titles farther than ground_distance from every catalogue item
     exact_titles: int = 0  # parsed titles equal to their nearest item's title (case, punctuation and year aside)
+    context_tokens: int | None = None  # the engine's context that prompts were cut to (None: unknown, not checked)
+    items_cut: int = 0  # distinct items whose text was cut to the per-item budget (a huge title)
+    prompts_cut: int = 0  # prompts still over the context after that, shrunk to fit (over all steps)
+    examples_dropped: int = 0  # few-shot examples left out of those prompts
+    session_items_dropped: int = 0  # oldest session items left out of those prompts
     ground_distance: float = DEFAULT_GROUND_DISTANCE
     seconds: float = 0.0
     out: str | None = None
@@ -214,6 +223,11 @@ class PredictResult:
             f"{self.exact_titles:,} exact catalogue titles ({self.exact_titles / n:.1%})",
             f"tokens: {self.tokens_in:,} in, {self.tokens_out:,} out"
             + (f" ({self.unknown_token_counts:,} generations without counts)" if self.unknown_token_counts else ""),
+            (f"prompt budget: {self.context_tokens:,}-token context" if self.context_tokens else
+             "prompt budget: context unknown (item texts cut only)")
+            + f"; {self.items_cut:,} item texts cut, {self.prompts_cut:,} prompts cut to fit"
+            + (f" ({self.examples_dropped:,} examples and {self.session_items_dropped:,} session items left out)"
+               if self.prompts_cut else ""),
             f"engine: {self.engine_calls:,} chats in {self.engine_seconds:.1f} s, {self.generated_tokens_out:,} tokens "
             f"generated ({self.tokens_per_s:.1f} tokens/s)" if self.engine_calls else "engine: not called",
             f"cache: {self.cache_hits:,} of {self.cache_lookups:,} chats from the cache"
@@ -257,11 +271,13 @@ def predict(dataset, strategy: str = "fs", engine: Engine | str | None = None, *
     from agentrec.metrics import metrics_from_ranks
 
     started = time.perf_counter()
-    if not isinstance(dataset, PreparedDataset):
-        dataset = PreparedDataset.load(dataset)
-    plan = get_strategy(strategy)
+    prompt_config = prompts or PromptConfig()
+    # before any model loads (the engine's, the embedder's): a broken template fails now, naming its file
+    plan = validate_strategy(strategy, prompt_config)
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
+    if not isinstance(dataset, PreparedDataset):
+        dataset = PreparedDataset.load(dataset)
     generation = generation or GenerationConfig()
     if engine is None or isinstance(engine, str):  # else any object with the Engine interface
         engine = get_engine(engine or "hf", engine_config)
@@ -270,7 +286,7 @@ def predict(dataset, strategy: str = "fs", engine: Engine | str | None = None, *
         from agentrec.index import CatalogueIndex
 
         index = CatalogueIndex.build(dataset, embedder, store=store, chroma_host=chroma_host, progress=progress)
-    builder = PromptBuilder(dataset, prompts, split=split)
+    builder = PromptBuilder(dataset, prompt_config, split=split, engine=engine)
     samples = builder.samples
     n = len(samples) if limit is None else min(int(limit), len(samples))
     result = PredictResult(strategy=plan.name, engine=engine.fingerprint, dataset=dataset.name, split=split, n=n,
@@ -288,9 +304,11 @@ def predict(dataset, strategy: str = "fs", engine: Engine | str | None = None, *
         rows = np.arange(start, min(n, start + chunk_size))
         step_rationales = None
         for step in plan.steps:
-            chats = builder.step_chats(plan, step, rows, rationales=step_rationales)
-            batch = cached_generate(engine, chats, generation.params(step.output),
-                                    template_digest=builder.template_digest(step.template), cache=cache)
+            params = generation.params(step.output)
+            chats = builder.step_chats(plan, step, rows, rationales=step_rationales,
+                                       max_new_tokens=params.max_new_tokens)
+            batch = cached_generate(engine, chats, params, template_digest=builder.template_digest(step.template),
+                                    cache=cache)
             result.engine_seconds += batch.engine_seconds
             result.cache_hits += batch.hits if cache is not None else 0
             result.cache_lookups += len(chats) if cache is not None else 0
@@ -313,6 +331,14 @@ def predict(dataset, strategy: str = "fs", engine: Engine | str | None = None, *
         logger.info("%s: generated %d of %d sessions (%.1f s in the engine)", plan.name, rows[-1] + 1, n,
                     result.engine_seconds)
     result.tokens_in, result.tokens_out = (int(x) for x in tokens.sum(0))
+    result.context_tokens = builder.context_tokens
+    result.items_cut, result.prompts_cut = builder.cuts.items, builder.cuts.prompts
+    result.examples_dropped, result.session_items_dropped = builder.cuts.examples_dropped, \
+        builder.cuts.session_items_dropped
+    if builder.cuts.items or builder.cuts.prompts:
+        logger.warning("%s: %d item texts cut to %d characters / %d tokens, %d prompts cut to fit the %s-token "
+                       "context", plan.name, builder.cuts.items, prompt_config.item_chars, prompt_config.item_tokens,
+                       builder.cuts.prompts, builder.context_tokens)
 
     # ground every parsed title at once: one embedder call, one Chroma query
     titles = [parse_title(text) for text in raw]

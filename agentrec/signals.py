@@ -30,6 +30,13 @@ first line (and is reported). A manifest that differs from the run's in anything
 texts (model, template, sampling, cleaning, item fields, catalogue) is an error: a set never mixes
 generations of two settings. Adding an aspect to an existing set is allowed.
 
+**Budgets.** Each item's text is cut to ``item_chars`` characters and ``item_tokens`` tokens before it
+goes into a prompt, and a prompt still over the engine's context is cut to fit ("Budgets" in
+:mod:`agentrec.prompting`), so one item with a 100 KB title makes a prompt like any other. The cuts are
+counted in :class:`GenerateResult` (``last_run.json``). The two settings are recorded in the
+manifest but are not part of the set's identity: they change only the texts of items longer than
+them, which could not be generated before.
+
 **Cleaning** (:func:`clean_signal`): role labels, the echoed ``Item: ...`` line, aspect labels
 (``Usage scenario:``, ``Intent:``, ``Themes:``), markdown and quotes are stripped, the text stops
 where the model starts the next example, whitespace is collapsed and the text is cut at a word
@@ -95,6 +102,8 @@ class SignalConfig:
     max_chars: int = 240  # cleaned text is cut to this many characters, at a word boundary
     chunk_size: int = 64  # (item, aspect) pairs per engine call; each chunk is durable before the next
     prompts: str | None = None  # folder with your own aspect templates (default: the shipped ones)
+    item_chars: int = 600  # an item's text is cut to this many characters before the tokenizer sees it ...
+    item_tokens: int = 160  # ... then to this many tokens (recorded, not identity: see the module docstring)
 
     def __post_init__(self):
         object.__setattr__(self, "aspects", tuple(self.aspects))
@@ -106,6 +115,9 @@ class SignalConfig:
             raise ValueError(f"aspects are repeated: {', '.join(self.aspects)}")
         if self.retries < 0 or self.max_chars < 8 or self.chunk_size < 1:
             raise ValueError("retries must be >= 0, max_chars >= 8 and chunk_size >= 1")
+        if self.item_chars < 16 or self.item_tokens < 8:
+            raise ValueError(f"item_chars must be >= 16 and item_tokens >= 8, got {self.item_chars} and "
+                             f"{self.item_tokens}")
 
     def params(self, attempt: int = 0) -> SamplingParams:
         """Sampling for attempt 0 (the configured one) and for retries (sampled, a new seed each)."""
@@ -405,6 +417,8 @@ def build_manifest(dataset, engine: Engine, config: SignalConfig, builder) -> di
         "derived_from": None,
         "aspects": list(config.aspects),
         "templates": {a: {"file": ASPECTS[a], "sha256": builder.template_digest(ASPECTS[a])} for a in config.aspects},
+        "prompt_budget": {"item_chars": config.item_chars, "item_tokens": config.item_tokens,
+                          "context_tokens": builder.context_tokens},
         "agentrec_version": __version__,
     }
 
@@ -441,6 +455,9 @@ class GenerateResult:
     empty: int  # of those, empty after every retry
     retried: int  # pairs that needed at least one retry
     remaining: int = 0  # pairs left undone because the time budget ran out
+    items_cut: int = 0  # distinct items whose text was cut to item_chars / item_tokens for their prompts
+    prompts_cut: int = 0  # prompts still over the engine's context after that, cut to fit
+    context_tokens: int | None = None  # the engine's context the prompts were cut to (None: unknown)
     engine_calls: int = 0  # chats sent to the engine (retries included)
     tokens_out: int = 0  # tokens the engine generated
     tokens_in: int = 0
@@ -467,6 +484,9 @@ class GenerateResult:
             f"this run: {self.pairs:,} signals asked for ({self.items:,} items), {self.already_done:,} already done, "
             f"{self.generated:,} generated ({self.empty:,} empty after {self.retried:,} retried)"
             + (f", {self.remaining:,} left for a rerun (time budget spent)" if self.remaining else ""),
+            (f"prompt budget: {self.context_tokens:,}-token context" if self.context_tokens else
+             "prompt budget: context unknown (item texts cut only)")
+            + f"; {self.items_cut:,} item texts cut, {self.prompts_cut:,} prompts cut to fit",
         ]
         if self.generated:
             lines.append(f"throughput: {self.items_per_s:.2f} items/s, {self.signals_per_s:.2f} signals/s over "
@@ -501,13 +521,17 @@ def generate_signals(dataset, out: str | Path, engine: Engine, *, config: Signal
         EngineError: the engine failed for good; the pairs it did finish are written first.
     """
     from agentrec.data.dataset import PreparedDataset
-    from agentrec.prompting import PromptBuilder, PromptConfig
+    from agentrec.prompting import PromptBuilder, PromptConfig, validate_aspects
 
     started = time.perf_counter()
     config = config or SignalConfig()
+    # before the engine is asked anything (its fingerprint may load a model or call a server)
+    validate_aspects(config.aspects, config.prompts)
     if not isinstance(dataset, PreparedDataset):
         dataset = PreparedDataset.load(dataset)
-    builder = PromptBuilder(dataset, PromptConfig(fields=config.fields, prompts=config.prompts))
+    builder = PromptBuilder(dataset, PromptConfig(fields=config.fields, prompts=config.prompts,
+                                                  item_chars=config.item_chars, item_tokens=config.item_tokens),
+                            engine=engine)
     if item_ids is None:
         item_ids = range(1, dataset.n_items + 1)
     item_ids = list(dict.fromkeys(int(i) for i in item_ids))
@@ -544,6 +568,12 @@ def generate_signals(dataset, out: str | Path, engine: Engine, *, config: Signal
                 bar.set_postfix(tok_s=f"{result.tokens_out / max(result.engine_seconds, 1e-9):.0f}")
         finally:
             bar.close()
+            result.items_cut, result.prompts_cut = builder.cuts.items, builder.cuts.prompts
+            result.context_tokens = builder.context_tokens
+    if result.items_cut or result.prompts_cut:
+        logger.warning("%d item texts cut to %d characters / %d tokens, %d prompts cut to fit the %s-token context",
+                       result.items_cut, config.item_chars, config.item_tokens, result.prompts_cut,
+                       result.context_tokens)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -554,7 +584,8 @@ def _generate_chunk(engine, builder, chunk, config: SignalConfig, result: Genera
     chats = {}
     for aspect in dict.fromkeys(a for _, a in chunk):
         items = [item for item, a in chunk if a == aspect]
-        chats.update({(item, aspect): chat for item, chat in zip(items, builder.aspect_chats(aspect, items))})
+        made = builder.aspect_chats(aspect, items, max_new_tokens=config.max_new_tokens)
+        chats.update({(item, aspect): chat for item, chat in zip(items, made)})
     records = {pair: {"item_id": pair[0], "aspect": pair[1], "text": "", "raw": "", "status": STATUS_EMPTY,
                       "attempts": 0, "tokens_in": 0, "tokens_out": 0} for pair in chunk}
     pending = list(chunk)
