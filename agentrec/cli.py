@@ -6,13 +6,31 @@ Heavy libraries are imported inside the commands, so ``agentrec --help`` stays f
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
+import typing
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+from agentrec.options import (
+    COUNT,
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    SEED,
+    UNIT,
+    Names,
+    OptionError,
+    Range,
+    Writable,
+    check_writable,
+    flag,
+)
+from agentrec.text import ITEM_FIELDS
 
 app = typer.Typer(
     help="LLMs as session-based recommendation agents, with retrieval.\n\n"
@@ -58,7 +76,10 @@ def _setup_logging(verbose: bool = False) -> None:
 
 
 def user_errors(func):
-    """Turn expected failures into one clear line on stderr and exit code 1."""
+    """Turn expected failures into one clear line on stderr and exit code 1.
+
+    A setting a library refused by its field name (``max_history``) is named as typed (``--max-history``).
+    """
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -69,6 +90,8 @@ def user_errors(func):
         try:
             return func(*args, **kwargs)
         except (AgentrecError, FileNotFoundError, ValueError, RuntimeError) as error:
+            if isinstance(error, OptionError) and not error.typed:
+                error = error.as_typed(flag(error.option))
             typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
             raise typer.Exit(1) from None
         except TemplateError as error:  # a user's template (--prompts) with a missing variable or bad syntax
@@ -78,8 +101,51 @@ def user_errors(func):
     return wrapper
 
 
+def checked(**rules):
+    """Check the named options against their rules (a :class:`~agentrec.options.Range`, or
+    :class:`~agentrec.options.Writable` for an output) before the command does anything.
+
+    Settings whose library config range-checks them (train, protocol and compare settings) need no
+    rule here; these are the options of commands whose work starts before a config would object
+    (a model loads, a dataset is read), and outputs that would otherwise fail after the work.
+    """
+
+    def decorate(func):
+        signature = inspect.signature(func)
+        unknown = sorted(set(rules) - set(signature.parameters))
+        if unknown:  # a typo here would silently check nothing
+            raise TypeError(f"{func.__name__} has no option {unknown}")
+        hints = typing.get_type_hints(func, include_extras=True)
+        arguments = {name for name in rules  # positional arguments are named by their metavar (RUN), not --run
+                     if any(isinstance(m, typer.models.ArgumentInfo) for m in getattr(hints[name], "__metadata__", ()))}
+
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            given = signature.bind(*args, **kwargs)
+            given.apply_defaults()
+            for name, rule in rules.items():
+                if name in arguments:
+                    check_argument(name.upper(), rule, given.arguments[name])
+                else:
+                    rule.check(name, given.arguments[name])
+            return func(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def check_argument(metavar: str, rule, value) -> None:
+    """Check a positional argument; an error names it by its metavar (``RUN``), as ``--help`` shows it."""
+    try:
+        rule.check(metavar, value)
+    except OptionError as error:
+        raise error.as_typed(metavar) from None
+
+
 @data_app.command("prepare")
 @user_errors
+@checked(out=Writable(), items=COUNT, sessions=COUNT, seed=SEED)
 def data_prepare(
     name: Annotated[DatasetName, typer.Argument(help="Source format or bundled dataset.")],
     out: Annotated[Path, typer.Option(help="Folder to write the prepared dataset to.")],
@@ -98,9 +164,13 @@ def data_prepare(
     valid_fraction: Annotated[Optional[float], typer.Option(help="semsr/gap/m2: share of users or sessions for validation.")] = None,
     test_fraction: Annotated[Optional[float], typer.Option(help="semsr/gap/m2: share of users or sessions for test.")] = None,
     test_sessions: Annotated[Optional[int], typer.Option(help="m2: exact number of most recent sessions for test.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace a different dataset already in --out (the same dataset is kept as it is).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ):
     """Load a source, apply a protocol and write the canonical dataset (items.jsonl, splits, stats.json).
+
+    The folder is written aside and swapped into --out whole: a killed prepare leaves the old dataset
+    or the new one, never a mix.
 
     Examples:
 
@@ -124,10 +194,13 @@ def data_prepare(
     dataset = prepare_dataset(
         name.value, out=out, source=source, protocol=protocol.value if protocol else None, skip_bad=skip_bad,
         protocol_options={k: v for k, v in options.items() if v is not None},
-        loader_options=loader_options,
+        loader_options=loader_options, force=force,
     )
     typer.echo(format_stats(dataset.stats))
-    typer.echo(f"\nwrote {out}")
+    if dataset.saved == "kept":
+        typer.echo(f"\n{out} already holds this dataset (same fingerprint); kept it as it is")
+    else:
+        typer.echo(f"\n{'replaced' if dataset.saved == 'replaced' else 'wrote'} {out}")
 
 
 @data_app.command("stats")
@@ -137,11 +210,19 @@ def data_stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print stats.json as it is.")] = False,
 ):
     """Print the counts, filtering steps, protocol and sources of a prepared dataset."""
-    stats_file = path / "stats.json"
-    if not stats_file.exists():
-        raise FileNotFoundError(f"{path} is not a prepared dataset (no stats.json)")
-    stats = json.loads(stats_file.read_text())
-    typer.echo(json.dumps(stats, indent=2) if as_json else format_stats(stats))
+    from agentrec.data.dataset import STATS_FILE, rebuild_hint, read_stats
+    from agentrec.errors import DamagedFileError
+
+    stats = read_stats(path)
+    if as_json:
+        typer.echo(json.dumps(stats, indent=2))
+        return
+    try:
+        text = format_stats(stats)
+    except (KeyError, TypeError, AttributeError) as error:
+        raise DamagedFileError(f"{path / STATS_FILE}: a key is missing or malformed ({type(error).__name__}: "
+                               f"{error}); {rebuild_hint(path)}") from None
+    typer.echo(text)
 
 
 def format_stats(stats: dict) -> str:
@@ -194,6 +275,7 @@ class SemanticMode(str, Enum):
 
 @app.command("train")
 @user_errors
+@checked(out=Writable())
 def train(
     model: Annotated[ModelName, typer.Option(help="Model to train (pop is the popularity floor).")],
     data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
@@ -206,7 +288,7 @@ def train(
     lr_step: Annotated[Optional[int], typer.Option(help="Decay the learning rate every N epochs (default 3).")] = None,
     lr_gamma: Annotated[Optional[float], typer.Option(help="Decay factor (default 0.1; 1 keeps it constant).")] = None,
     patience: Annotated[Optional[int], typer.Option(help="Stop after N epochs without validation improvement (default 3).")] = None,
-    select_metric: Annotated[Optional[str], typer.Option(help="Validation metric for early stopping (default recall@100, as SemSR).")] = None,
+    select_metric: Annotated[Optional[str], typer.Option(help="Validation metric for early stopping: recall@K, mrr@K or ndcg@K (default recall@100, as SemSR).")] = None,
     embedding_size: Annotated[Optional[int], typer.Option(help="Item and session vector size (default 100).")] = None,
     model_option: Annotated[Optional[list[str]], typer.Option("--set", help="Model setting NAME=VALUE, e.g. --set sigma=8 --set hidden_size=64; see the model's Config.")] = None,
     exclude_history: Annotated[Optional[bool], typer.Option("--exclude-history/--allow-history", help="Remove items already in the session from the candidates when validating (default: allow).")] = None,
@@ -226,25 +308,33 @@ def train(
     """
     _setup_logging(False)
     from agentrec.data.dataset import PreparedDataset
+    from agentrec.errors import UsageError
     from agentrec.metrics import format_metrics
     from agentrec.runs import train_popularity
-    from agentrec.settings import build_model, build_train_config
+    from agentrec.settings import build_model_config, build_train_config
 
     if signals and semantic is None:
         raise ValueError("--signals augments the LLM item texts of --semantic init|fusion; add --semantic")
-    dataset = PreparedDataset.load(data)
     flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "lr_step": lr_step,
              "lr_gamma": lr_gamma, "patience": patience, "select_metric": select_metric,
              "exclude_history": exclude_history, "seed": seed, "threads": threads,
              "max_train_samples": max_train_samples}
+    # every setting is range-checked here, before the dataset is read
     train_config = build_train_config(config, flags)
+    model_config = None if model == ModelName.pop else build_model_config(
+        model.value, config, embedding_size=embedding_size, settings=model_option or [])
+    dataset = PreparedDataset.load(data)
+    if not len(dataset.train):
+        raise UsageError(f"--data {data}: the train split is empty; prepare the dataset with more data or other "
+                         "protocol options (see 'agentrec data stats')")
     if model == ModelName.pop:
         info = train_popularity(dataset, out, exclude_history=train_config.exclude_history)
     else:
+        from agentrec.models import model_class
         from agentrec.training import set_seed, train_model
 
         set_seed(train_config.seed)  # before the model exists: initial weights follow the seed too
-        net = build_model(model.value, dataset, config, embedding_size=embedding_size, settings=model_option or [])
+        net = model_class(model.value)(dataset.n_items, model_config)
         described = None
         if semantic is not None:
             from agentrec.models.semantic import SemanticFusion, load_llm_table, semantic_init
@@ -272,6 +362,7 @@ def train(
 
 @app.command("evaluate")
 @user_errors
+@checked(memory_mb=POSITIVE)
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run folder written by 'agentrec train'.")],
     data: Annotated[Optional[Path], typer.Option(help="Dataset folder (default: the one the run was trained on; it must have the same fingerprint).")] = None,
@@ -284,6 +375,8 @@ def evaluate(
     from agentrec.metrics import format_metrics
     from agentrec.runs import evaluate_run
 
+    if split == Split.test:  # the test metrics go into RUN/run.json: an unwritable run is found before evaluating
+        check_argument("RUN", Writable(), run)
     info, result = evaluate_run(run, data=data, split=split.value, exclude_history=exclude_history,
                                 memory_budget_mb=memory_mb, progress=True)
     variant = f" + SemSR-{info.semantic['mode'][0].upper()} ({info.semantic.get('embedder')})" if info.semantic else ""
@@ -314,6 +407,7 @@ def _torch_threads(threads: int) -> None:
 
 @index_app.command("build")
 @user_errors
+@checked(ef_construction=COUNT, ef_search=COUNT, max_neighbors=COUNT, threads=COUNT)
 def index_build(
     data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
     embedder: Annotated[str, typer.Option(help=_EMBEDDER_HELP)] = "minilm",
@@ -346,6 +440,9 @@ def index_build(
     from agentrec.data.dataset import PreparedDataset
     from agentrec.index import CatalogueIndex, HNSWSettings
 
+    if chroma_host is None:
+        check_writable("store", store)
+
     _torch_threads(threads)
     started = time.perf_counter()
     dataset = PreparedDataset.load(data)
@@ -373,6 +470,7 @@ def index_build(
 
 @index_app.command("query")
 @user_errors
+@checked(k=COUNT, threads=COUNT)
 def index_query(
     texts: Annotated[list[str], typer.Argument(help="One or more texts, e.g. titles an LLM wrote; all are embedded and searched in one batch.")],
     data: Annotated[Optional[Path], typer.Option(help="Prepared dataset folder: picks its default collection and checks the collection was built from it.")] = None,
@@ -449,6 +547,12 @@ class FusionName(str, Enum):
 
 @app.command("predict")
 @user_errors
+@checked(out=Writable(folder=False), cache_file=Writable(folder=False), k=COUNT, limit=COUNT,
+         examples=NON_NEGATIVE_INT, seed=SEED, max_history=COUNT, title_tokens=COUNT, rationale_tokens=COUNT,
+         temperature=NON_NEGATIVE, chunk_size=COUNT, batch_size=COUNT, threads=COUNT, concurrency=COUNT,
+         timeout_s=POSITIVE, retries=NON_NEGATIVE_INT, tensor_parallel_size=COUNT, max_model_len=COUNT,
+         ground_distance=Range(0, 2, note="a cosine distance"), candidates=COUNT, weight=UNIT,
+         fields=Names(ITEM_FIELDS))
 def predict_command(
     strategy: Annotated[StrategyName, typer.Option(help="Prompting strategy (SemSR 3.2): fs (few-shot), zcot (zero-shot chain of thought, two steps), fscot (few-shot chain of thought, two steps).")],
     data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
@@ -510,8 +614,10 @@ def predict_command(
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from agentrec.engines import EngineConfig, get_engine
     from agentrec.predict import GenerationConfig, predict
-    from agentrec.prompting import PromptConfig
+    from agentrec.prompting import PromptConfig, validate_strategy
 
+    if chroma_host is None:
+        check_writable("store", store)
     _torch_threads(threads)
     prompt_config = PromptConfig(examples=examples, seed=seed, vary_examples=vary_examples,
                                  fields=tuple(f.strip() for f in fields.split(",") if f.strip()),
@@ -522,6 +628,7 @@ def predict_command(
                                  api_key=api_key, concurrency=concurrency, timeout_s=timeout_s, retries=retries,
                                  tensor_parallel_size=tensor_parallel_size, prefix_caching=prefix_caching,
                                  max_model_len=max_model_len, enforce_eager=enforce_eager)
+    validate_strategy(strategy.value, prompt_config)  # before the engine: vllm loads its model when made
     llm = get_engine(engine.value, engine_config)
     common = dict(k=k, limit=limit, out=out, split=split.value, prompts=prompt_config, generation=generation,
                   embedder=embedder, store=store, chroma_host=chroma_host,
@@ -542,6 +649,8 @@ def predict_command(
 # ---------------------------------------------------------------- compare: every method on the same sessions (agentrec.compare)
 @app.command("compare")
 @user_errors
+@checked(out=Writable(), store=Writable(), cache_file=Writable(folder=False), candidates=COUNT, weight=UNIT,
+         batch_size=COUNT, max_train_samples=Range(0, integer=True, note="0 trains on all samples"))
 def compare_command(
     out: Annotated[Path, typer.Option(help="Output folder: tables (md, csv, json), recall_at_k.png, manifest.json, and the checkpoints, LLM rows and generation cache a rerun reuses.")],
     data: Annotated[Optional[Path], typer.Option(help="Prepared dataset folder (default: data/ml-100k, prepared with leave-one-out if missing).")] = None,

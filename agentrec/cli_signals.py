@@ -23,8 +23,11 @@ from agentrec.cli import (
     EngineName,
     TensorParallelOption,
     _torch_threads,
+    checked,
     user_errors,
 )
+from agentrec.options import COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, SEED, Names, OptionError, Range, Writable
+from agentrec.text import ITEM_FIELDS
 
 signals_app = typer.Typer(
     help="LaMAR semantic signals: generate per-item usage scenarios, intents and summaries with an LLM "
@@ -50,6 +53,9 @@ def _parse_items(items: str | None) -> list[int] | None:
 
 @signals_app.command("generate")
 @user_errors
+@checked(out=Writable(), limit=COUNT, max_new_tokens=COUNT, temperature=NON_NEGATIVE, seed=SEED,
+         retries=NON_NEGATIVE_INT, max_chars=Range(8, integer=True), chunk_size=COUNT, batch_size=COUNT,
+         threads=COUNT, concurrency=COUNT, tensor_parallel_size=COUNT, fields=Names(ITEM_FIELDS))
 def signals_generate(
     data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
     out: Annotated[Path, typer.Option(help="Signal set folder: created, or resumed when it was made with the same settings.")],
@@ -90,6 +96,7 @@ def signals_generate(
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from agentrec.data.dataset import PreparedDataset
     from agentrec.engines import EngineConfig, get_engine
+    from agentrec.prompting import validate_aspects
     from agentrec.signals import SignalConfig, generate_signals, parse_aspects
 
     if limit is not None and items:
@@ -100,9 +107,14 @@ def signals_generate(
                           max_chars=max_chars, chunk_size=chunk_size, prompts=str(prompts) if prompts else None)
     dataset = PreparedDataset.load(data)
     item_ids = _parse_items(items) or (range(1, min(limit, dataset.n_items) + 1) if limit is not None else None)
+    outside = [i for i in item_ids or () if not 1 <= i <= dataset.n_items]
+    if outside:  # before any model loads
+        raise OptionError("--items", f"has ids outside the catalogue (1..{dataset.n_items}): "
+                                     f"{', '.join(map(str, outside[:5]))}", typed=True)
     engine_config = EngineConfig(model=model, device=device, batch_size=batch_size, threads=threads, base_url=base_url,
                                  api_key=api_key, concurrency=concurrency, tensor_parallel_size=tensor_parallel_size,
                                  enforce_eager=enforce_eager)
+    validate_aspects(config.aspects, config.prompts)  # before the engine: vllm loads its model when made
     llm = get_engine(engine.value, engine_config)
     result = generate_signals(dataset, out, llm, config=config, item_ids=item_ids, progress=not quiet)
     typer.echo(result.describe())
@@ -112,6 +124,8 @@ def signals_generate(
 
 @signals_app.command("report")
 @user_errors
+@checked(path=Writable(), dedup_out=Writable(), threads=COUNT,
+         threshold=Range(0, 1, low_open=True, note="a cosine similarity"))
 def signals_report(
     path: Annotated[Path, typer.Argument(help="Signal set folder.")],
     data: Annotated[Optional[Path], typer.Option(help="Dataset folder (default: the one recorded in the set's manifest).")] = None,

@@ -1,4 +1,10 @@
-"""Typed settings from three places, one precedence: command-line flag > config file > default."""
+"""Typed settings from three places, one precedence: command-line flag > config file > default.
+
+Every value is range-checked when its dataclass is made, before any work; an out-of-range value is an
+:class:`~agentrec.options.OptionError` naming it as the user gave it: ``cfg.json: train.epochs`` for a
+config-file value, ``--set dropout`` for a model setting, and the field name for a flag (the CLI spells
+it ``--epochs``).
+"""
 
 from __future__ import annotations
 
@@ -7,62 +13,135 @@ import json
 import typing
 from pathlib import Path
 
+from agentrec.errors import NotFoundError, UsageError
+from agentrec.options import COUNT, DROPOUT, POSITIVE, OptionError
+
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
 
 def read_config_file(path: str | Path | None) -> dict:
     if path is None:
         return {}
+    if not Path(path).is_file():
+        raise NotFoundError(f"--config {path}: no such file")
     try:
         data = json.loads(Path(path).read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise UsageError(f"{path}: expected an object with 'train' and 'model' objects, e.g. "
+                         '{"train": {"epochs": 10}, "model": {"embedding_size": 64}}')
     unknown = sorted(set(data) - {"train", "model"})
     if unknown:
         raise ValueError(f"{path}: unknown sections {unknown}; expected 'train' and 'model'")
     return data
 
 
-def merge_into(cls, defaults_from: dict, flags: dict, *, where: str):
-    """Build dataclass ``cls`` from a config-file section, then flags that are not None."""
+def merge_into(cls, defaults_from: dict, flags: dict, *, where: str, source: str | None = None,
+               spelled: dict[str, str] | None = None, check=None):
+    """Build dataclass ``cls`` from a config-file section, then flags that are not None.
+
+    Args:
+        cls: the settings dataclass; its ``__post_init__`` range-checks the fields.
+        defaults_from: the config file's section for ``cls``.
+        flags: values given on the command line (None: not given).
+        where: what the settings are, for an unknown-setting error (``train settings``).
+        source: how config-file values are named in an error (``cfg.json: train``).
+        spelled: how some flags were typed (``{"dropout": "--set dropout"}``); the rest keep their
+            field name, which the CLI spells as ``--name``.
+        check: an extra check of the built object (the model settings' ranges).
+
+    Raises:
+        OptionError: a value is out of range; it names the value as the user gave it.
+    """
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    values = dict(defaults_from)
-    values.update({k: v for k, v in flags.items() if v is not None})
+    given = {k: v for k, v in flags.items() if v is not None}
+    values = {**defaults_from, **given}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ValueError(f"{where}: unknown settings {unknown}; known: {sorted(fields)}")
-    return cls(**values)
+    try:
+        made = cls(**values)
+        if check is not None:
+            check(made)
+        return made
+    except OptionError as error:
+        if error.typed:
+            raise
+        if error.option in given and (spelled or {}).get(error.option):
+            raise error.as_typed(spelled[error.option]) from None
+        if error.option not in given and error.option in defaults_from and source:
+            raise error.as_typed(f"{source}.{error.option}") from None
+        raise
 
 
 def build_train_config(config_path, flags: dict):
     from agentrec.training import TrainConfig
 
     section = read_config_file(config_path).get("train", {})
-    return merge_into(TrainConfig, section, flags, where="train settings")
+    return merge_into(TrainConfig, section, flags, where="train settings", source=f"{config_path}: train")
+
+
+def check_model_config(config) -> None:
+    """Range-check a model's settings by their kind, so every model's Config is covered as it is written.
+
+    A whole number is a size or a count (>= 1), a ``*dropout`` a probability in [0, 1), any other
+    number a scale (> 0); booleans and strings are left alone.
+    """
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        kinds = set(typing.get_args(hints[f.name])) - {type(None)} or {hints[f.name]}
+        value = getattr(config, f.name)
+        if f.name.endswith("dropout"):
+            DROPOUT.check(f.name, value)
+        elif kinds == {int}:
+            COUNT.check(f.name, value)
+        elif kinds == {float}:
+            POSITIVE.check(f.name, value)
 
 
 def parse_setting(text: str, cls) -> tuple[str, object]:
     """``NAME=VALUE`` converted to the type of field NAME of dataclass ``cls``."""
     name, sep, raw = text.partition("=")
     if not sep:
-        raise ValueError(f"--set {text!r}: expected NAME=VALUE")
+        raise UsageError(f"--set {text!r}: expected NAME=VALUE")
     hints = typing.get_type_hints(cls)
     if name not in hints:
-        raise ValueError(f"--set {name}: {cls.__name__} has no such setting; it has {sorted(hints)}")
+        raise UsageError(f"--set {name}: {cls.__name__} has no such setting; it has {sorted(hints)}")
     kind = hints[name]
     if kind is bool:
-        return name, raw.lower() in ("1", "true", "yes", "on")
+        if raw.lower() not in TRUE + FALSE:
+            raise OptionError(f"--set {name}", f"takes true or false, got {raw!r}", typed=True)
+        return name, raw.lower() in TRUE
+    kinds = set(typing.get_args(kind)) - {type(None)} or {kind}
+    kind = kinds.pop() if len(kinds) == 1 else kind
     try:
         return name, kind(raw) if kind in (int, float, str) else json.loads(raw)
     except (ValueError, json.JSONDecodeError):
-        raise ValueError(f"--set {name}={raw}: not a valid {getattr(kind, '__name__', kind)}") from None
+        raise OptionError(f"--set {name}", f"takes {getattr(kind, '__name__', kind)}, got {raw!r}",
+                          typed=True) from None
 
 
-def build_model(name: str, dataset, config_path=None, *, embedding_size: int | None = None, settings=()):
+def build_model_config(name: str, config_path=None, *, embedding_size: int | None = None, settings=()):
+    """Model ``name``'s Config from the config file, ``--set NAME=VALUE`` and ``--embedding-size``, range-checked.
+
+    Needs no dataset, so a bad value is found before any data is read.
+    """
     from agentrec.models import model_class
 
     cls = model_class(name)
     section = read_config_file(config_path).get("model", {})
     flags = dict(parse_setting(s, cls.Config) for s in settings)
+    spelled = {setting: f"--set {setting}" for setting in flags}
     if embedding_size is not None:
         flags["embedding_size"] = embedding_size
-    model_config = merge_into(cls.Config, section, flags, where=f"{name} settings")
-    return cls(dataset.n_items, model_config)
+        spelled.pop("embedding_size", None)  # the flag wins over --set: name the flag
+    return merge_into(cls.Config, section, flags, where=f"{name} settings", source=f"{config_path}: model",
+                      spelled=spelled, check=check_model_config)
+
+
+def build_model(name: str, dataset, config_path=None, *, embedding_size: int | None = None, settings=()):
+    from agentrec.models import model_class
+
+    model_config = build_model_config(name, config_path, embedding_size=embedding_size, settings=settings)
+    return model_class(name)(dataset.n_items, model_config)

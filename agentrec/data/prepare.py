@@ -12,15 +12,33 @@ from agentrec import __version__
 from agentrec.data import protocols as P
 from agentrec.data.dataset import SPLITS, PreparedDataset, Samples
 from agentrec.data.raw import TEXT_FIELDS, RawData
+from agentrec.errors import DataFormatError, UsageError
 
 logger = logging.getLogger(__name__)
 
 ID_RULE = "item ids 1..n follow the sorted original ids (numeric order when every id is an integer); 0 is padding"
+# the options that decide how much survives each protocol, named in the error for an empty split
+FILTER_OPTIONS = {
+    "leave-one-out": "--min-user-interactions",
+    "semsr": "--min-user-interactions, --min-item-count, --valid-fraction, --test-fraction",
+    "gap": "--gap-s, --min-item-count, --valid-fraction, --test-fraction",
+    "m2": "--valid-fraction, --test-fraction, --test-sessions",
+}
 
 
 def prepare(raw: RawData, protocol) -> PreparedDataset:
-    """Apply ``protocol`` to ``raw`` and build the canonical dataset (not yet written to disk)."""
+    """Apply ``protocol`` to ``raw`` and build the canonical dataset (not yet written to disk).
+
+    Raises:
+        DataFormatError: the source holds no interaction (a header-only file, or every line skipped).
+        UsageError: the protocol leaves no item, or an empty valid or test split (an empty train
+            split is logged as a warning: zero-shot LLMs need none).
+    """
     started = time.perf_counter()
+    if raw.events.empty:
+        skipped = raw.report.counts.get("bad_lines", 0)
+        why = f"all {skipped:,} lines were malformed and skipped" if skipped else "the source holds no event rows (a header only?)"
+        raise DataFormatError(", ".join(raw.sources) or raw.name, None, f"no interactions to prepare: {why}")
     raw_counts = {
         "events": len(raw.events),
         "users_or_sessions": int(raw.events["user"].nunique()),
@@ -32,6 +50,7 @@ def prepare(raw: RawData, protocol) -> PreparedDataset:
     steps = P.Steps()
     seqs, originals = P.events_to_sequences(raw.events)
     seqs, splits = P.apply(protocol, seqs, steps)
+    _refuse_empty(raw, protocol, seqs, splits)
 
     # Stable ids: the surviving items, sorted by original id.
     surviving = np.unique(seqs.items)
@@ -63,6 +82,23 @@ def prepare(raw: RawData, protocol) -> PreparedDataset:
         "prepare_seconds": round(time.perf_counter() - started, 3),
     }
     return PreparedDataset(items=items, stats=stats, **splits)
+
+
+def _refuse_empty(raw: RawData, protocol, seqs: P.Sequences, splits: dict[str, Samples]) -> None:
+    """An empty catalogue, or an empty valid or test split, is no dataset: say what the filters left and
+    what to change. An empty train split (leave-one-out where every user has exactly three events) is
+    only warned about: a zero-shot LLM needs no training data, and ``agentrec train`` refuses it."""
+    left = f"{len(seqs):,} sequences with {int(seqs.lengths.sum()):,} events are left after filtering"
+    change = FILTER_OPTIONS.get(protocol.name, "the protocol options")
+    if not len(seqs) or not seqs.lengths.sum():
+        raise UsageError(f"{raw.name}: the catalogue would be empty: no sequence survives the {protocol.name} "
+                         f"protocol's filters ({len(raw.events):,} events in the source); change {change}")
+    empty = [name for name in ("valid", "test") if not len(splits[name])]
+    if empty:
+        raise UsageError(f"{raw.name}: the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} would be "
+                         f"empty ({left}); change {change}, or use a larger source")
+    if not len(splits["train"]):
+        logger.warning("%s: the train split is empty (%s): models cannot be trained on it", raw.name, left)
 
 
 def _id_order(ids: np.ndarray) -> np.ndarray:

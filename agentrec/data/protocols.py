@@ -30,10 +30,27 @@ import numpy as np
 import pandas as pd
 
 from agentrec.data.dataset import Samples
+from agentrec.errors import UsageError
+from agentrec.options import COUNT, NON_NEGATIVE_INT, OptionError, Range, check_choice
 
 logger = logging.getLogger(__name__)
 
 TIE_RULE = "events are ordered by (user, timestamp); equal timestamps keep the order of the rows in the source file"
+
+
+# Every protocol checks its settings when it is made, before any file is read; errors name the field
+# (the CLI shows it as --max-history). A split share lies strictly between 0 and 1: an empty valid or
+# test split is no dataset.
+SHARE = Range(0, 1, low_open=True, high_open=True)
+EVAL_POSITIONS = ("all", "last")
+
+
+def _check_shares(valid_fraction: float, test_fraction: float | None) -> None:
+    SHARE.check("valid_fraction", valid_fraction)
+    SHARE.check("test_fraction", test_fraction)
+    if test_fraction is not None and valid_fraction + test_fraction >= 1:
+        raise OptionError("valid_fraction", f"plus the test fraction must be below 1 to leave training data, got "
+                                            f"{valid_fraction:g} + {test_fraction:g}")
 
 
 @dataclass
@@ -43,6 +60,11 @@ class LeaveOneOut:
     max_history: int = 50  # most recent items kept in each history
     min_user_interactions: int = 3  # a user needs train, valid and test items
     name: str = field(default="leave-one-out", init=False)
+
+    def __post_init__(self):
+        COUNT.check("max_history", self.max_history)
+        Range(3, integer=True, note="leave-one-out needs a train, a valid and a test item per user").check(
+            "min_user_interactions", self.min_user_interactions)
 
 
 @dataclass
@@ -59,6 +81,15 @@ class SemSR:
     eval_positions: str = "all"  # "all" prefixes of valid/test users, or only the "last" item
     name: str = field(default="semsr", init=False)
 
+    def __post_init__(self):
+        for name in ("min_user_interactions", "min_item_count", "max_history"):
+            COUNT.check(name, getattr(self, name))
+        Range(2, integer=True, note="a sample needs a history item and a target").check(
+            "min_sequence_length", self.min_sequence_length)
+        _check_shares(self.valid_fraction, self.test_fraction)
+        NON_NEGATIVE_INT.check("seed", self.seed)
+        check_choice("eval_positions", self.eval_positions, EVAL_POSITIONS)
+
 
 @dataclass
 class GapSessions:
@@ -73,6 +104,15 @@ class GapSessions:
     eval_positions: str = "all"
     name: str = field(default="gap", init=False)
 
+    def __post_init__(self):
+        COUNT.check("gap_s", self.gap_s)
+        Range(2, integer=True, note="a sample needs a history item and a target").check(
+            "min_session_length", self.min_session_length)
+        COUNT.check("min_item_count", self.min_item_count)
+        _check_shares(self.valid_fraction, self.test_fraction)
+        COUNT.check("max_history", self.max_history)
+        check_choice("eval_positions", self.eval_positions, EVAL_POSITIONS)
+
 
 @dataclass
 class GivenSessions:
@@ -84,6 +124,13 @@ class GivenSessions:
     min_session_length: int = 2
     max_history: int = 50
     name: str = field(default="m2", init=False)
+
+    def __post_init__(self):
+        _check_shares(self.valid_fraction, None if self.test_sessions is not None else self.test_fraction)
+        COUNT.check("test_sessions", self.test_sessions)
+        Range(2, integer=True, note="a sample needs a history item and a target").check(
+            "min_session_length", self.min_session_length)
+        COUNT.check("max_history", self.max_history)
 
 
 PROTOCOLS = {"leave-one-out": LeaveOneOut, "semsr": SemSR, "gap": GapSessions, "m2": GivenSessions}
@@ -213,8 +260,12 @@ def _split_counts(n: int, valid_fraction: float, test_fraction: float, test_coun
     """Numbers of valid and test sequences: at least one each when the fraction is positive."""
     n_test = test_count if test_count is not None else max(int(test_fraction > 0), int(round(n * test_fraction)))
     n_valid = max(int(valid_fraction > 0), int(round(n * valid_fraction)))
+    if n == 0:
+        raise UsageError("no sequence is left after filtering, so the catalogue would be empty; lower the filters "
+                         "(e.g. --min-user-interactions, --min-item-count) or use a larger source")
     if n_test + n_valid >= n:
-        raise ValueError(f"only {n} sequences: too few for {n_valid} valid and {n_test} test sequences plus training")
+        raise UsageError(f"only {n} sequences after filtering: too few for {n_valid} valid and {n_test} test sequences "
+                         "plus training; use a larger source, or lower the filters or the valid and test shares")
     return n_valid, n_test
 
 
