@@ -1,3 +1,3 @@
-from agentrec.cli import main
+from agentrec.cli.main import main
 
 main()

@@ -90,9 +90,9 @@ def load_or_prepare(name: str, folder: Path, args):
 
 def run_dataset(name: str, args, embedder, templates: dict, store_root: Path) -> list[dict]:
     """One row per (template, ef_search) on one catalogue; the queries are the same for all of them."""
-    from agentrec.embeddings import embedding_key, item_embeddings
-    from agentrec.index import CatalogueIndex, HNSWSettings
-    from agentrec.text import item_texts
+    from agentrec.core.templates import item_texts
+    from agentrec.retrieval.embedders import embedding_key, item_embeddings
+    from agentrec.retrieval.index import CatalogueIndex, HNSWSettings
 
     folder = args.cache / (name if name == "ml-100k" else f"synthetic-{args.synthetic_items}")
     dataset = load_or_prepare(name, folder, args)
@@ -203,10 +203,10 @@ def main() -> None:
     import chromadb
     import torch
 
-    from agentrec import assets
-    from agentrec.embeddings import get_embedder
-    from agentrec.index import HNSWSettings
-    from agentrec.text import load_template
+    from agentrec.core import assets
+    from agentrec.core.templates import load_template
+    from agentrec.retrieval.embedders import get_embedder
+    from agentrec.retrieval.index import HNSWSettings
 
     torch.set_num_threads(args.threads)
     try:  # numpy's BLAS too: on a loaded 2-core machine, 2 OpenBLAS threads made one mat-vec 20x slower

@@ -223,8 +223,8 @@ def ours_worker(spec_path: str) -> None:
 
     from agentrec.data.dataset import PreparedDataset
     from agentrec.models import model_class
-    from agentrec.runs import evaluate_model
-    from agentrec.training import TrainConfig, train_model
+    from agentrec.training.runs import evaluate_model
+    from agentrec.training.trainer import TrainConfig, train_model
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
     spec = json.loads(Path(spec_path).read_text())

@@ -37,13 +37,13 @@ def main() -> None:
 
     import torch
 
+    from agentrec.core.metrics import chunk_rows
     from agentrec.data.api import prepare_dataset
     from agentrec.data.dataset import PreparedDataset
-    from agentrec.metrics import chunk_rows
     from agentrec.models.niser import NISER
     from agentrec.models.popularity import Popularity
-    from agentrec.runs import evaluate_model
-    from agentrec.training import TrainConfig, train_model
+    from agentrec.training.runs import evaluate_model
+    from agentrec.training.trainer import TrainConfig, train_model
 
     torch.set_num_threads(args.threads)
     rows = []

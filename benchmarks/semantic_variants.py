@@ -68,10 +68,9 @@ def trained_model(ds, model_name: str, variant: str, table, config, *, embedder:
                   train: bool = True):
     """Train one (model, variant) or load its finished run. Returns (model, run record dict), or
     None when the run is not finished and ``train`` is False."""
-    from agentrec.models import model_class
-    from agentrec.models.semantic import SemanticFusion, semantic_init
-    from agentrec.runs import RUN_FILE, load_model
-    from agentrec.training import set_seed, train_model
+    from agentrec.core import fsutil
+    from agentrec.pipelines.train import RunSpec, train_run
+    from agentrec.training.runs import RUN_FILE, load_model
 
     folder = work / run_key(ds, model_name, variant, embedder, config)
     if (folder / RUN_FILE).exists():
@@ -80,20 +79,15 @@ def trained_model(ds, model_name: str, variant: str, table, config, *, embedder:
         return model, info.__dict__
     if not train:
         return None
-    set_seed(config.seed)
-    model = model_class(model_name)(ds.n_items)
-    semantic: dict = {}
-    if variant == "I":
-        semantic = {**semantic_init(model, table), "embedder": embedder}
-    elif variant == "F":
-        model = SemanticFusion(model, table)
-        semantic = {**model.fusion_dict(), "embedder": embedder}
+    spec = RunSpec(model=model_name, variant={"plain": None, "I": "init", "F": "fusion"}[variant], embedder=embedder,
+                   train=config)
     logger.info("training %s %s %s -> %s", ds.name, model_name, variant, folder)
     load_before, started = os.getloadavg()[0], time.perf_counter()
-    info = train_model(model, ds, config, out=folder, progress=False, semantic=semantic)
+    info = train_run(spec, ds, folder, progress=False, llm_table=table if spec.variant else None)
     info.extra.update(wall_seconds=time.perf_counter() - started, load_before=load_before,
                       load_after=os.getloadavg()[0])
-    (folder / RUN_FILE).write_text(info.to_json())
+    fsutil.atomic_write_text(folder / RUN_FILE, info.to_json())
+    info, model = load_model(folder, ds)
     return model, info.__dict__
 
 
@@ -149,14 +143,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/semantic_variants.md"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("agentrec.training").setLevel(logging.INFO)
+    logging.getLogger("agentrec.training.trainer").setLevel(logging.INFO)
 
     import torch
 
-    from agentrec.metrics import metrics_from_ranks
-    from agentrec.models.semantic import Reranked, load_llm_table
-    from agentrec.runs import evaluate_model
-    from agentrec.training import TrainConfig
+    from agentrec.core.metrics import metrics_from_ranks
+    from agentrec.models.semantic import Reranked
+    from agentrec.pipelines.train import load_llm_table
+    from agentrec.training.runs import evaluate_model
+    from agentrec.training.trainer import TrainConfig
 
     torch.set_num_threads(args.threads)
     config = TrainConfig(epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr,

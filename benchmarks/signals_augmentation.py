@@ -67,9 +67,9 @@ def main() -> None:
 
     import torch
 
+    from agentrec.core.metrics import metrics_from_ranks
     from agentrec.data.dataset import PreparedDataset
-    from agentrec.metrics import metrics_from_ranks
-    from agentrec.signals import SignalSet, format_report, load_signals, signal_report
+    from agentrec.signals.signals import SignalSet, format_report, load_signals, signal_report
 
     torch.set_num_threads(args.threads)
     ds = PreparedDataset.load(args.data)
@@ -105,8 +105,8 @@ def make_signals(args, ds, counts) -> dict:
         if not (args.signals / "manifest.json").exists():
             raise SystemExit(f"{args.signals} is not a signal set (no manifest.json); drop --no-generate to make it")
         return json.loads(last_run.read_text()) if last_run.exists() else {}
-    from agentrec.engines import HFEngine
-    from agentrec.signals import SignalConfig, generate_signals
+    from agentrec.llm.engines import HFEngine
+    from agentrec.signals.signals import SignalConfig, generate_signals
 
     if args.signal_items:
         item_ids = sorted(np.argsort(-counts, kind="stable")[: args.signal_items].tolist())
@@ -122,11 +122,10 @@ def make_signals(args, ds, counts) -> dict:
 
 def trained(args, ds, variant: str, seed: int, manifest: dict) -> tuple[dict, np.ndarray]:
     """Train and test SemSR-F (NISER) on one item text, or read the finished run from --work."""
-    from agentrec.models import model_class
-    from agentrec.models.semantic import SemanticFusion, load_llm_table
-    from agentrec.runs import evaluate_model
-    from agentrec.signals import load_signals
-    from agentrec.training import TrainConfig, set_seed, train_model
+    from agentrec.pipelines.train import RunSpec, train_run
+    from agentrec.signals.signals import load_signals
+    from agentrec.training.runs import evaluate_model, load_model
+    from agentrec.training.trainer import TrainConfig
 
     config = TrainConfig(epochs=args.epochs, patience=args.patience, threads=args.threads,
                          max_train_samples=args.max_train_samples, seed=seed)
@@ -138,12 +137,12 @@ def trained(args, ds, variant: str, seed: int, manifest: dict) -> tuple[dict, np
     if (folder / "row.json").exists():
         return json.loads((folder / "row.json").read_text()), np.load(folder / "ranks.npy")
     signals = load_signals(args.signals, ds, aspects=aspects)[0] if aspects else None
-    table = load_llm_table(ds, args.embedder, signals=signals, progress=False)
-    set_seed(seed)
-    model = SemanticFusion(model_class("niser")(ds.n_items), table)
+    spec = RunSpec(model="niser", variant="fusion", embedder=args.embedder,
+                   signals=f"{args.signals}:{','.join(aspects)}" if aspects else None, train=config)
     started = time.perf_counter()
-    info = train_model(model, ds, config, progress=False)
+    info = train_run(spec, ds, folder / "run", progress=False)
     seconds = time.perf_counter() - started
+    _, model = load_model(folder / "run", ds)
     result = evaluate_model(model, ds, "test", ks=(20, 100))
     changed = sum(any(texts[i] for texts in signals.values()) for i in range(ds.n_items)) if signals else 0
     row = {"variant": variant, "seed": seed, "aspects": list(aspects), "items_changed": changed,
@@ -158,7 +157,7 @@ def trained(args, ds, variant: str, seed: int, manifest: dict) -> tuple[dict, np
 
 def write_report(args, ds, runs, seeds, variants, report, manifest, throughput, signalled, cold, counts, every,
                  metrics_from_ranks) -> None:
-    from agentrec.signals import format_report
+    from agentrec.signals.signals import format_report
 
     done = sorted({seed for (_, seed) in runs})
     covered = int(signalled.sum())

@@ -6,17 +6,17 @@ import sys
 
 from typer.testing import CliRunner
 
-from agentrec.cli import app
+from agentrec.cli.main import app
 
 runner = CliRunner()
 
 
 def test_import_and_help_stay_light():
     code = (
-        "import sys, agentrec, agentrec.cli\n"
+        "import sys, agentrec, agentrec.cli.main\n"
         "from typer.testing import CliRunner\n"
-        "CliRunner().invoke(agentrec.cli.app, ['--help'])\n"
-        "CliRunner().invoke(agentrec.cli.app, ['data', 'prepare', '--help'])\n"
+        "CliRunner().invoke(agentrec.cli.main.app, ['--help'])\n"
+        "CliRunner().invoke(agentrec.cli.main.app, ['data', 'prepare', '--help'])\n"
         "heavy = [m for m in ('torch', 'transformers', 'chromadb', 'vllm', 'sentence_transformers') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )

@@ -18,8 +18,16 @@ from test_engines import FakeOpenAIServer
 from test_predict import ScriptedEngine, scripted_reply
 from test_prompting import toy_movies
 
-from agentrec.compare import METRICS, CompareConfig, bootstrap_stats, format_console, make_table, per_session, run_compare
-from agentrec.hybrid import HybridConfig
+from agentrec.pipelines.compare import (
+    METRICS,
+    CompareConfig,
+    bootstrap_stats,
+    format_console,
+    make_table,
+    per_session,
+    run_compare,
+)
+from agentrec.pipelines.hybrid import HybridConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore:legacy embedding function config:DeprecationWarning")
 
@@ -29,7 +37,7 @@ SMALL = dict(llm_sessions=3, epochs=1, max_train_samples=None, bootstrap=200,
 
 # ---------------------------------------------------------------------------------------------- statistics
 def test_per_session_values_average_to_the_metrics():
-    from agentrec.metrics import metrics_from_ranks
+    from agentrec.core.metrics import metrics_from_ranks
 
     ranks = np.array([1, 3, 15, 150, np.inf])
     expected = metrics_from_ranks(ranks, (10, 20, 100))
@@ -67,7 +75,7 @@ def test_noise_marks_follow_the_paired_bootstrap():
 
 
 def test_console_table_is_aligned():
-    from agentrec.compare import Row
+    from agentrec.pipelines.compare import Row
 
     config = CompareConfig(strategies=(), bootstrap=50)
     rows = [Row(name="A", kind="session", ranks=np.array([1.0, 2, 50]), timed_sessions=3, wall_s=0.3, cpu_s=0.2),
@@ -169,7 +177,7 @@ def test_config_errors_name_the_choices():
 def test_cli_compare_on_a_tiny_dataset(toy, tmp_path):
     from typer.testing import CliRunner
 
-    from agentrec.cli import app
+    from agentrec.cli.main import app
 
     runner = CliRunner()
 

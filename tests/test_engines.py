@@ -23,7 +23,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from agentrec.engines import (
+from agentrec.llm.cache import GenerationCache, cached_generate
+from agentrec.llm.engines import (
     ENGINES,
     EngineConfig,
     EngineError,
@@ -37,7 +38,6 @@ from agentrec.engines import (
     import_vllm,
     normalise_base_url,
 )
-from agentrec.gencache import GenerationCache, cached_generate
 
 PARAMS = SamplingParams(max_new_tokens=12)
 
@@ -381,7 +381,7 @@ def fake_vllm(on_cpu: bool):
 
 @pytest.mark.parametrize("on_cpu", [False, True])
 def test_vllm_engine_one_batched_chat_call_with_llama3_stops(monkeypatch, on_cpu):
-    from agentrec.engines import VLLMEngine
+    from agentrec.llm.engines import VLLMEngine
 
     module, platforms = fake_vllm(on_cpu)
     monkeypatch.setitem(sys.modules, "vllm", module)
@@ -414,7 +414,7 @@ def test_factory_table():
 def test_import_stays_light():
     import subprocess
 
-    code = ("import sys, agentrec.engines, agentrec.gencache, agentrec.prompting, agentrec.predict\n"
+    code = ("import sys, agentrec.llm.engines, agentrec.llm.cache, agentrec.llm.prompts, agentrec.pipelines.predict\n"
             "print(','.join(m for m in ('torch', 'transformers', 'vllm', 'openai', 'langchain_core', 'chromadb')"
             " if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -485,7 +485,7 @@ _HF = {}
 def hf_engine():
     """One SmolLM2 engine for the module, one torch thread (loads in ~10-30 s the first time)."""
     if "engine" not in _HF:
-        from agentrec.engines import HFEngine
+        from agentrec.llm.engines import HFEngine
 
         _HF["engine"] = HFEngine("smollm2", device="cpu", batch_size=4, threads=1)
     return _HF["engine"]

@@ -20,7 +20,7 @@ import pytest
 from test_predict import ScriptedEngine
 from test_prompting import toy_movies
 
-from agentrec.hybrid import HybridConfig, fuse, hybrid_ranks, predict_hybrid
+from agentrec.pipelines.hybrid import HybridConfig, fuse, hybrid_ranks, predict_hybrid
 
 pytestmark = pytest.mark.filterwarnings("ignore:legacy embedding function config:DeprecationWarning")
 
@@ -116,7 +116,7 @@ def toy(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def index(toy, tmp_path_factory):
-    from agentrec.index import CatalogueIndex
+    from agentrec.retrieval.index import CatalogueIndex
 
     return CatalogueIndex.build(toy, "minilm", store=tmp_path_factory.mktemp("store"), progress=False)
 
@@ -127,7 +127,7 @@ def niser_run(toy, tmp_path_factory):
     import torch
 
     from agentrec.models.niser import NISER
-    from agentrec.training import TrainConfig, set_seed, train_model
+    from agentrec.training.trainer import TrainConfig, set_seed, train_model
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("runs") / "niser"
@@ -138,8 +138,8 @@ def niser_run(toy, tmp_path_factory):
 
 @pytest.mark.integration
 def test_predict_hybrid_reranks_real_llm_candidates_with_a_real_model(toy, index, niser_run, tmp_path):
-    from agentrec.hybrid import model_scores, read_candidates
-    from agentrec.runs import load_model
+    from agentrec.pipelines.hybrid import model_scores, read_candidates
+    from agentrec.training.runs import load_model
 
     engine = ScriptedEngine()
     config = HybridConfig(candidates=3)
@@ -168,9 +168,8 @@ def test_predict_hybrid_reranks_real_llm_candidates_with_a_real_model(toy, index
 
 
 def test_a_run_from_another_dataset_is_refused_before_the_llm_runs(toy, niser_run, tmp_path):
-    from agentrec.runs import DatasetMismatchError
-
     from agentrec.data.dataset import PreparedDataset
+    from agentrec.training.runs import DatasetMismatchError
 
     other = PreparedDataset.load(toy.path)
     other.items.loc[0, "title"] = "Another Film (2001)"  # one title differs: another fingerprint
@@ -187,7 +186,7 @@ def test_cli_predict_hybrid(toy, niser_run, tmp_path):
     from test_predict import scripted_reply
     from typer.testing import CliRunner
 
-    from agentrec.cli import app
+    from agentrec.cli.main import app
 
     def reply(user_text):
         return scripted_reply([{"role": "user", "content": user_text}])

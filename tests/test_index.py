@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agentrec.embeddings import Embedder
-from agentrec.index import (
+from agentrec.retrieval.embedders import Embedder
+from agentrec.retrieval.index import (
     CatalogueIndex,
     HNSWSettings,
     IndexMismatchError,
@@ -89,7 +89,7 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def minilm():
-    from agentrec.embeddings import get_embedder
+    from agentrec.retrieval.embedders import get_embedder
 
     return get_embedder("minilm")
 
@@ -106,7 +106,7 @@ def index(dataset, minilm, store) -> CatalogueIndex:
 
 @pytest.fixture(scope="module")
 def texts(dataset) -> list[str]:
-    from agentrec.text import item_texts
+    from agentrec.core.templates import item_texts
 
     return item_texts(dataset.items)
 
@@ -147,7 +147,7 @@ def test_hnsw_settings_are_checked():
 
 
 def test_import_stays_light():
-    code = ("import sys, agentrec.index\n"
+    code = ("import sys, agentrec.retrieval.index\n"
             "print(','.join(m for m in ('chromadb', 'langchain_chroma', 'langchain_core', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
@@ -232,12 +232,12 @@ def test_persistence_round_trip(index, dataset, minilm, store, query_vectors, mo
         np.testing.assert_allclose(reopened.item_table(), table, atol=1e-6)  # read back from Chroma
 
         # building again finds the complete collection and embeds nothing
-        import agentrec.embeddings
+        import agentrec.retrieval.embedders
 
         def no_embedding(*args, **kwargs):
             raise AssertionError("a complete collection must be reused, not embedded again")
 
-        monkeypatch.setattr(agentrec.embeddings, "item_embeddings", no_embedding)
+        monkeypatch.setattr(agentrec.retrieval.embedders, "item_embeddings", no_embedding)
         again = CatalogueIndex.build(dataset, minilm, store=store, progress=False)
         assert again.reused and again.name == index.name and again.count == 198
 
@@ -359,12 +359,12 @@ def test_chroma_server_through_chroma_host(index, dataset, minilm, query_vectors
 def test_cli_build_and_query(minilm, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    import agentrec.embeddings
-    from agentrec.cli import app
+    import agentrec.retrieval.embedders
+    from agentrec.cli.main import app
     from agentrec.data.api import prepare_dataset
 
     # the same shipped model, loaded once for the module
-    monkeypatch.setattr(agentrec.embeddings, "get_embedder", lambda name, **_: minilm)
+    monkeypatch.setattr(agentrec.retrieval.embedders, "get_embedder", lambda name, **_: minilm)
 
     data, vectors = tmp_path / "tiny", tmp_path / "vectors"
     prepare_dataset("recbole", out=data, source=FIXTURES / "recbole" / "tiny", protocol="leave-one-out")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from agentrec.core.metrics import chunk_rows, metrics_from_ranks, rank_samples, target_ranks
 from agentrec.data.dataset import Samples
-from agentrec.metrics import chunk_rows, metrics_from_ranks, rank_samples, target_ranks
 from agentrec.models.popularity import Popularity
 
 

@@ -7,7 +7,7 @@ import torch
 
 from agentrec.data.dataset import PreparedDataset, Samples
 from agentrec.models import MODELS, model_class
-from agentrec.training import TrainConfig, train_model
+from agentrec.training.trainer import TrainConfig, train_model
 
 NEURAL = [name for name in MODELS if name != "pop"]
 
@@ -38,7 +38,7 @@ def test_learns_the_obvious_next_item(name):
     info = train_model(model, ds, TrainConfig(epochs=15, batch_size=32, lr=0.01, lr_gamma=1.0, patience=15,
                                               select_metric="mrr@10", seed=1),
                        progress=False)
-    from agentrec.runs import evaluate_model
+    from agentrec.training.runs import evaluate_model
 
     result = evaluate_model(model, ds, "valid", ks=(1,))
     assert result.metrics["recall@1"] > 0.9, (name, result.metrics, info.history[-1]["loss"])
@@ -70,7 +70,7 @@ def test_scores_cover_the_catalogue(name):
 
 @pytest.mark.parametrize("name", NEURAL)
 def test_save_load_round_trip(name, tmp_path):
-    from agentrec.runs import load_model, save_run, RunInfo, dataset_ref
+    from agentrec.training.runs import RunInfo, dataset_ref, load_model, save_run
 
     ds = cycle_dataset()
     model = model_class(name)(ds.n_items, model_class(name).Config(embedding_size=16)).eval()
@@ -85,7 +85,7 @@ def test_save_load_round_trip(name, tmp_path):
 def test_same_seed_same_weights_and_history():
     ds = cycle_dataset(n_train=120)
     runs = []
-    from agentrec.training import set_seed
+    from agentrec.training.trainer import set_seed
 
     for _ in range(2):
         set_seed(7)  # as the CLI does before building a model
@@ -98,7 +98,7 @@ def test_same_seed_same_weights_and_history():
 
 
 def test_bucketed_batches_cover_every_sample_once():
-    from agentrec.training import batch_indices
+    from agentrec.training.trainer import batch_indices
 
     lengths = np.random.default_rng(0).integers(1, 50, size=1003)
     batches = batch_indices(lengths, 10, np.random.default_rng(1), bucket=7)

@@ -8,7 +8,7 @@ import torch
 from agentrec.data.dataset import PreparedDataset, Samples
 from agentrec.models.base import Batch
 from agentrec.models.msgat import MSGAT, MSGATConfig, entmax, session_overlap
-from agentrec.training import TrainConfig, train_model
+from agentrec.training.trainer import TrainConfig, train_model
 
 
 def bisection_entmax(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -189,7 +189,7 @@ def test_learns_the_successor():
     model = MSGAT(ds.n_items, MSGATConfig(embedding_size=20))
     info = train_model(model, ds, TrainConfig(epochs=12, batch_size=32, lr=0.01, lr_gamma=1.0, patience=12,
                                               select_metric="mrr@10", seed=0), progress=False)
-    from agentrec.runs import evaluate_model
+    from agentrec.training.runs import evaluate_model
 
     recall_at_1 = evaluate_model(model, ds, "valid", ks=(1,)).metrics["recall@1"]
     assert recall_at_1 > 0.9, (recall_at_1, [round(h["loss"], 3) for h in info.history])

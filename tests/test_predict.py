@@ -20,10 +20,10 @@ import pytest
 from test_engines import FakeOpenAIServer
 from test_prompting import toy_movies
 
-from agentrec.engines import EngineError, Generation
-from agentrec.gencache import GenerationCache
-from agentrec.predict import PROTOCOL, GenerationConfig, parse_title, predict
-from agentrec.prompting import PromptConfig
+from agentrec.llm.cache import GenerationCache
+from agentrec.llm.engines import EngineError, Generation
+from agentrec.llm.prompts import PromptConfig
+from agentrec.pipelines.predict import PROTOCOL, GenerationConfig, parse_title, predict
 
 pytestmark = [pytest.mark.filterwarnings("ignore:legacy embedding function config:DeprecationWarning"),
               pytest.mark.usefixtures("one_torch_thread")]
@@ -86,7 +86,7 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def index(toy, store):
-    from agentrec.index import CatalogueIndex
+    from agentrec.retrieval.index import CatalogueIndex
 
     return CatalogueIndex.build(toy, "minilm", store=store, progress=False)
 
@@ -238,7 +238,7 @@ def test_limit_split_and_partial_failure_resume(toy, index, tmp_path):
 def test_cli_predict_with_an_openai_compatible_server(toy, store, tmp_path):
     from typer.testing import CliRunner
 
-    from agentrec.cli import app
+    from agentrec.cli.main import app
 
     runner = CliRunner()
 
@@ -267,8 +267,8 @@ def test_cli_errors_are_one_line(toy, tmp_path):
 
     from typer.testing import CliRunner
 
-    from agentrec.cli import app
-    from agentrec.text import prompts_dir
+    from agentrec.cli.main import app
+    from agentrec.core.templates import prompts_dir
 
     runner = CliRunner()
     base = ["predict", "--strategy", "fs", "--data", str(toy.path), "--out", str(tmp_path / "x.jsonl"),
@@ -292,7 +292,7 @@ def test_cli_errors_are_one_line(toy, tmp_path):
 # ---------------------------------------------------------------------------------------------- real SmolLM2
 @pytest.mark.integration
 def test_predict_with_smollm2_on_two_sessions(toy, index, tmp_path):
-    from agentrec.engines import HFEngine
+    from agentrec.llm.engines import HFEngine
 
     engine = HFEngine("smollm2", device="cpu", threads=1)
     result = predict(toy, "fs", engine, k=3, limit=2, index=index, out=tmp_path / "smol.jsonl", cache=False,

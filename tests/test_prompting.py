@@ -16,8 +16,9 @@ import pandas as pd
 import pytest
 from jinja2 import UndefinedError, meta
 
+from agentrec.core.templates import environment, item_texts, load_template, prompts_dir
 from agentrec.data.dataset import PreparedDataset, Samples
-from agentrec.prompting import (
+from agentrec.llm.prompts import (
     ASPECTS,
     STRATEGIES,
     PromptBuilder,
@@ -28,7 +29,6 @@ from agentrec.prompting import (
     shipped_templates,
     vocabulary,
 )
-from agentrec.text import environment, item_texts, load_template, prompts_dir
 
 TITLES = ["Toy Story (1995)", "Heat (1995)", "Casablanca (1942)", "Alien (1979)", "Fargo (1996)", "Vertigo (1958)",
           "Jaws (1975)", "Titanic (1997)", "Psycho (1960)", "Amadeus (1984)", "Rocky (1976)", "Brazil (1985)"]

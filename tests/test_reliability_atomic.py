@@ -26,12 +26,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from agentrec import fsutil
-from agentrec.cli import app
+from agentrec.cli.main import app
+from agentrec.core import fsutil
+from agentrec.core.errors import DamagedFileError, MismatchError, NotFoundError, UsageError
 from agentrec.data.api import prepare_dataset
 from agentrec.data.dataset import DATA_FILES, STATS_FILE, PreparedDataset, read_stats
-from agentrec.errors import DamagedFileError, MismatchError, NotFoundError, UsageError
-from agentrec.runs import evaluate_run, save_run, train_popularity
+from agentrec.training.runs import evaluate_run, save_run, train_popularity
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -426,7 +426,7 @@ def test_a_failed_save_run_leaves_the_previous_run(references, tmp_path):
         def items(self):
             raise RuntimeError("disk full")
 
-    from agentrec.runs import RunInfo
+    from agentrec.training.runs import RunInfo
 
     with pytest.raises(RuntimeError, match="disk full"):
         save_run(run, RunInfo(**info), Broken())
@@ -488,7 +488,7 @@ def test_load_of_a_missing_folder_is_not_found(tmp_path):
 
 
 def test_compare_outputs_are_replaced_whole_and_listed_in_the_manifest(tmp_path):
-    from agentrec.compare import CompareConfig, CompareResult, Row, make_table, write_outputs
+    from agentrec.pipelines.compare import CompareConfig, CompareResult, Row, make_table, write_outputs
 
     config = CompareConfig(bootstrap=10)
     ranks = np.array([1.0, 3.0, np.inf, 2.0])

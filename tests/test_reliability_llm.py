@@ -9,7 +9,7 @@
   show (``session``, ``item``...) or one agentrec does not pass names the file and the variable --
   all before any engine is made or asked anything.
 * **Malformed server answers** (item 8): ``{"choices": []}``, a choice without a message, HTML or
-  other non-JSON bodies... are a :class:`~agentrec.errors.ServiceError` naming the server, not a
+  other non-JSON bodies... are a :class:`~agentrec.core.errors.ServiceError` naming the server, not a
   traceback.
 """
 
@@ -26,10 +26,10 @@ import numpy as np
 import pytest
 from test_prompting import toy_movies
 
-from agentrec.engines import EngineError, Generation, OpenAIEngine, PromptTooLongError, SamplingParams
-from agentrec.errors import DataFormatError, NotFoundError, ServiceError, UsageError
-from agentrec.prompting import PromptBuilder, PromptConfig, cut_text, validate_aspects, validate_templates
-from agentrec.text import prompts_dir
+from agentrec.core.errors import DataFormatError, NotFoundError, ServiceError, UsageError
+from agentrec.core.templates import prompts_dir
+from agentrec.llm.engines import EngineError, Generation, OpenAIEngine, PromptTooLongError, SamplingParams
+from agentrec.llm.prompts import PromptBuilder, PromptConfig, cut_text, validate_aspects, validate_templates
 
 HUGE_TITLE = "The Endless Film " + "épique 🎬 saga " * 7000  # ~100 KB of UTF-8, non-ASCII: many tokens a word
 HUGE_ITEM = 9  # Psycho (1960) in the toy: in two test sessions and in no training session
@@ -81,7 +81,7 @@ _SMOL = {}
 def smollm2():
     """The shipped SmolLM2 through the hf engine; counting and the context need only its tokenizer and config."""
     if "engine" not in _SMOL:
-        from agentrec.engines import HFEngine
+        from agentrec.llm.engines import HFEngine
 
         _SMOL["engine"] = HFEngine("smollm2", device="cpu", batch_size=2, threads=1)
     return _SMOL["engine"]
@@ -125,7 +125,7 @@ def test_a_100kb_title_fits_smollm2s_context(huge_toy):
 
 
 def test_hf_engine_refuses_a_prompt_over_its_context_before_loading_weights():
-    from agentrec.engines import HFEngine
+    from agentrec.llm.engines import HFEngine
 
     engine = HFEngine("smollm2", device="cpu", context_tokens=64)
     chat = [{"role": "user", "content": "Heat " * 100}]
@@ -205,7 +205,7 @@ def test_vllm_engine_refuses_a_prompt_over_max_model_len(monkeypatch):
 
     from test_engines import fake_vllm
 
-    from agentrec.engines import EngineConfig, get_engine
+    from agentrec.llm.engines import EngineConfig, get_engine
 
     module, platforms = fake_vllm(on_cpu=False)
     monkeypatch.setitem(sys.modules, "vllm", module)
@@ -227,7 +227,7 @@ class FirstItemsIndex:
 
 
 def test_predict_counts_and_reports_the_cuts(huge_toy, tmp_path):
-    from agentrec.predict import predict
+    from agentrec.pipelines.predict import predict
 
     engine = WordEngine(2048)
     out = tmp_path / "fs.jsonl"
@@ -246,7 +246,7 @@ def test_predict_counts_and_reports_the_cuts(huge_toy, tmp_path):
 
 
 def test_signals_generate_counts_the_cuts(huge_toy, tmp_path):
-    from agentrec.signals import SignalConfig, SignalSet, generate_signals
+    from agentrec.signals.signals import SignalConfig, SignalSet, generate_signals
 
     engine = WordEngine(4096)
     config = SignalConfig(aspects=("usage", "intent"), max_new_tokens=8, retries=0)
@@ -261,7 +261,7 @@ def test_signals_generate_counts_the_cuts(huge_toy, tmp_path):
 
 @pytest.mark.integration
 def test_signals_generate_with_smollm2_finishes_on_a_100kb_title(huge_toy, tmp_path):
-    from agentrec.signals import SignalConfig, SignalSet, generate_signals
+    from agentrec.signals.signals import SignalConfig, SignalSet, generate_signals
 
     config = SignalConfig(aspects=("summary",), max_new_tokens=4, retries=0)
     result = generate_signals(huge_toy, tmp_path / "s", smollm2(), config=config, item_ids=[HUGE_ITEM])
@@ -297,7 +297,7 @@ class UntouchableEngine:
 
 
 def test_a_syntax_error_names_the_file_and_line_before_the_engine(tmp_path, toy):
-    from agentrec.predict import predict
+    from agentrec.pipelines.predict import predict
 
     folder = own_templates(tmp_path, "fs.jinja", "{% endfor %}", "{% endfo %}")  # line 18 of fs.jinja
     line = next(n for n, text in enumerate((folder / "fs.jinja").read_text().splitlines(), 1) if "endfo %}" in text)
@@ -307,7 +307,7 @@ def test_a_syntax_error_names_the_file_and_line_before_the_engine(tmp_path, toy)
 
 
 def test_a_template_without_the_session_is_refused(tmp_path, toy):
-    from agentrec.predict import predict
+    from agentrec.pipelines.predict import predict
 
     folder = own_templates(tmp_path, "zcot_rationale.jinja", "{% for item in session %}", "{% for item in [] %}")
     with pytest.raises(DataFormatError, match=r"mine/zcot_rationale.jinja: the template never uses the variable "
@@ -369,7 +369,7 @@ def test_a_missing_prompts_folder_is_named(tmp_path):
 
 
 def test_every_shipped_template_passes_its_own_check():
-    from agentrec.prompting import ASPECTS, STRATEGIES, TEMPLATE_CONTRACTS
+    from agentrec.llm.prompts import ASPECTS, STRATEGIES, TEMPLATE_CONTRACTS
 
     for strategy in STRATEGIES.values():
         validate_templates(strategy.templates, few_shot=strategy.few_shot)
@@ -378,7 +378,7 @@ def test_every_shipped_template_passes_its_own_check():
 
 
 def test_signals_generate_checks_its_templates_before_the_engine(tmp_path, toy):
-    from agentrec.signals import SignalConfig, generate_signals
+    from agentrec.signals.signals import SignalConfig, generate_signals
 
     folder = own_templates(tmp_path, "aspect_summary.jinja", "{% block user %}", "{% block user %}{% if %}")
     config = SignalConfig(aspects=("summary",), prompts=str(folder))
@@ -391,13 +391,13 @@ def test_signals_generate_checks_its_templates_before_the_engine(tmp_path, toy):
 def test_cli_refuses_a_broken_template_before_making_the_engine(tmp_path, toy, monkeypatch, command):
     from typer.testing import CliRunner
 
-    import agentrec.engines
-    from agentrec.cli import app
+    import agentrec.llm.engines
+    from agentrec.cli.main import app
 
     def no_engine(*args, **kwargs):
         raise AssertionError("the engine was made before the templates were checked")
 
-    monkeypatch.setattr(agentrec.engines, "get_engine", no_engine)
+    monkeypatch.setattr(agentrec.llm.engines, "get_engine", no_engine)
     if command == "predict":
         folder = own_templates(tmp_path, "fs.jinja", "{% for item in session %}", "{% for item in [] %}")
         args = ["predict", "--strategy", "fs", "--data", str(toy.path), "--out", str(tmp_path / "x.jsonl"),

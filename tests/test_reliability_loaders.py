@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from agentrec.core.errors import UsageError
 from agentrec.data.amazon import load_amazon2014, load_amazon2018, load_amazon2023
 from agentrec.data.m2 import load_m2, parse_prev_items
 from agentrec.data.raw import BadValue, DataFormatError, NotFoundError, clean_id, whole_seconds
 from agentrec.data.recbole_atomic import load_recbole
-from agentrec.errors import UsageError
 
 GUARD_S = 5.0
 BOM = b"\xef\xbb\xbf"
@@ -609,7 +609,7 @@ def test_other_sources_that_are_not_there(datasets):
 
 
 def test_cli_missing_source_is_one_red_line(datasets):
-    from agentrec.cli import app
+    from agentrec.cli.main import app
 
     result = CliRunner().invoke(app, ["data", "prepare", "recbole", "--source", "data/ml1m", "--out", "out"])
     assert result.exit_code == 1

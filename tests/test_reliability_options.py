@@ -14,9 +14,9 @@ import os
 import pytest
 from typer.testing import CliRunner
 
-from agentrec.cli import app
-from agentrec.errors import UsageError
-from agentrec.options import COUNT, DROPOUT, OptionError, Range, check_writable
+from agentrec.cli.main import app
+from agentrec.core.errors import UsageError
+from agentrec.core.options import COUNT, DROPOUT, OptionError, Range, check_writable
 
 runner = CliRunner()
 TINY = "tests/fixtures/recbole/tiny"
@@ -34,10 +34,10 @@ def data(tmp_path_factory):
 @pytest.fixture
 def no_work(monkeypatch):
     """Record (and stop) any start of real work; the test asserts the record stays empty."""
-    import agentrec.compare
     import agentrec.data.api
-    import agentrec.engines
-    import agentrec.training
+    import agentrec.llm.engines
+    import agentrec.pipelines.compare
+    import agentrec.training.trainer
     from agentrec.data.dataset import PreparedDataset
 
     started = []
@@ -51,9 +51,9 @@ def no_work(monkeypatch):
 
     monkeypatch.setattr(PreparedDataset, "load", staticmethod(recorder("dataset read")))
     monkeypatch.setattr(agentrec.data.api, "load_source", recorder("source loaded"))
-    monkeypatch.setattr(agentrec.training, "train_model", recorder("training"))
-    monkeypatch.setattr(agentrec.engines, "get_engine", recorder("engine made"))
-    monkeypatch.setattr(agentrec.compare, "run_compare", recorder("compare run"))
+    monkeypatch.setattr(agentrec.training.trainer, "train_model", recorder("training"))
+    monkeypatch.setattr(agentrec.llm.engines, "get_engine", recorder("engine made"))
+    monkeypatch.setattr(agentrec.pipelines.compare, "run_compare", recorder("compare run"))
     return started
 
 
@@ -219,9 +219,9 @@ def test_an_empty_train_split_is_refused_by_train(tmp_path, fixtures):
 
 # ------------------------------------------------------------------------ the library checks, without the CLI
 def test_library_configs_name_the_field():
-    from agentrec.compare import CompareConfig
     from agentrec.data.protocols import GapSessions, GivenSessions, LeaveOneOut, SemSR
-    from agentrec.training import TrainConfig
+    from agentrec.pipelines.compare import CompareConfig
+    from agentrec.training.trainer import TrainConfig
 
     cases = [
         (lambda: LeaveOneOut(min_user_interactions=2), "min_user_interactions"),

@@ -19,13 +19,22 @@ from test_index import HashEmbedder, fresh_chroma_state
 from test_models_contract import cycle_dataset
 from typer.testing import CliRunner
 
+from agentrec.core.errors import AgentrecError, DamagedFileError, NotFoundError, TrainingDivergedError
+from agentrec.core.metrics import metrics_from_ranks, rank_samples, target_ranks
 from agentrec.data.dataset import PreparedDataset, Samples
-from agentrec.errors import AgentrecError, DamagedFileError, NotFoundError, TrainingDivergedError
-from agentrec.hybrid import HybridConfig, hybrid_ranks
-from agentrec.metrics import metrics_from_ranks, rank_samples, target_ranks
 from agentrec.models import model_class
-from agentrec.runs import RUN_FILE, WEIGHTS_FILE, RunInfo, dataset_ref, evaluate_run, load_model, read_run, save_run
-from agentrec.training import TrainConfig, train_model
+from agentrec.pipelines.hybrid import HybridConfig, hybrid_ranks
+from agentrec.training.runs import (
+    RUN_FILE,
+    WEIGHTS_FILE,
+    RunInfo,
+    dataset_ref,
+    evaluate_run,
+    load_model,
+    read_run,
+    save_run,
+)
+from agentrec.training.trainer import TrainConfig, train_model
 
 pytestmark = [pytest.mark.filterwarnings("ignore:legacy embedding function config:DeprecationWarning"),
               pytest.mark.usefixtures("one_torch_thread")]
@@ -140,7 +149,7 @@ def test_nonfinite_validation_scores_are_never_selected(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     """The 4-item RecBole fixture, prepared (leave-one-out) once for the module."""
-    from agentrec.cli import app
+    from agentrec.cli.main import app
 
     data = tmp_path_factory.mktemp("tiny") / "d"
     result = runner.invoke(app, ["data", "prepare", "recbole", "--source", str(FIXTURES / "recbole" / "tiny"),
@@ -150,7 +159,7 @@ def tiny_data(tmp_path_factory):
 
 
 def test_cli_train_with_an_absurd_lr_exits_1_with_one_line(tiny_data, tmp_path):
-    from agentrec.cli import app
+    from agentrec.cli.main import app
 
     run = tmp_path / "run"
     result = runner.invoke(app, ["train", "--model", "narm", "--data", str(tiny_data), "--out", str(run),
@@ -176,7 +185,7 @@ def saved_run(folder, data, *, poison: str | None = None):
 
 
 def test_evaluate_refuses_a_run_with_nan_weights(tiny_data, tmp_path):
-    from agentrec.cli import app
+    from agentrec.cli.main import app
 
     run = saved_run(tmp_path / "run", tiny_data, poison="item_embedding.weight")
     with pytest.raises(TrainingDivergedError, match=r"tensor 'item_embedding.weight' in weights.safetensors "
@@ -268,7 +277,7 @@ class CountingEmbedder(HashEmbedder):
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "nan", "wrong shape"])
 def test_a_damaged_embedding_cache_is_rebuilt(tmp_path, caplog, damage):
-    from agentrec.embeddings import item_embeddings
+    from agentrec.retrieval.embedders import item_embeddings
 
     ds, embedder, cache = cycle_dataset(n_train=8), CountingEmbedder(), tmp_path / "embeddings"
     first = item_embeddings(ds, embedder, cache=cache, progress=False)
@@ -280,7 +289,7 @@ def test_a_damaged_embedding_cache_is_rebuilt(tmp_path, caplog, damage):
         np.save(path, first[:3])
     else:
         path.write_bytes({"truncated": raw[: len(raw) // 2], "garbage": b"\x93NUMPY nonsense", "empty": b""}[damage])
-    with caplog.at_level(logging.WARNING, logger="agentrec.embeddings"):
+    with caplog.at_level(logging.WARNING, logger="agentrec.retrieval.embedders"):
         again = item_embeddings(ds, embedder, cache=cache, progress=False)
     np.testing.assert_array_equal(again, first)
     assert embedder.calls == 2  # embedded again ...
@@ -292,7 +301,7 @@ def test_a_damaged_embedding_cache_is_rebuilt(tmp_path, caplog, damage):
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "pages"])
 def test_a_corrupted_chroma_store_is_one_clear_error(tmp_path, damage):
-    from agentrec.index import STORE_FILE, CatalogueIndex
+    from agentrec.retrieval.index import STORE_FILE, CatalogueIndex
 
     ds, embedder, store = cycle_dataset(n_train=8), HashEmbedder(), tmp_path / "store"
     with fresh_chroma_state():
@@ -316,22 +325,22 @@ def test_a_corrupted_chroma_store_is_one_clear_error(tmp_path, damage):
 
 
 def test_a_blocked_embedding_cache_is_not_a_blocker(tmp_path, caplog):
-    from agentrec.embeddings import item_embeddings
+    from agentrec.retrieval.embedders import item_embeddings
 
     ds, embedder, cache = cycle_dataset(n_train=8), CountingEmbedder(), tmp_path / "embeddings"
     first = item_embeddings(ds, embedder, cache=cache, progress=False)
     (path,) = cache.glob("*.npy")
     path.unlink()
     path.mkdir()  # something in the way of the cache file
-    with caplog.at_level(logging.WARNING, logger="agentrec.embeddings"):
+    with caplog.at_level(logging.WARNING, logger="agentrec.retrieval.embedders"):
         np.testing.assert_array_equal(item_embeddings(ds, embedder, cache=cache, progress=False), first)
     assert any("continuing without it" in r.getMessage() for r in caplog.records)
     assert not list(cache.glob("*.partial.npy"))
 
 
 def test_a_store_that_is_a_file_is_a_usage_error(tmp_path):
-    from agentrec.errors import UsageError
-    from agentrec.index import CatalogueIndex
+    from agentrec.core.errors import UsageError
+    from agentrec.retrieval.index import CatalogueIndex
 
     store = tmp_path / "store"
     store.write_text("not a folder")
@@ -341,7 +350,7 @@ def test_a_store_that_is_a_file_is_a_usage_error(tmp_path):
 
 # ================================================================================================ found on the way
 def test_an_empty_validation_split_is_refused_before_training():
-    from agentrec.errors import UsageError
+    from agentrec.core.errors import UsageError
 
     ds = cycle_dataset(n_train=16)
     ds.valid = Samples.from_lists([], [])

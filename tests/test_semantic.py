@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 import torch
+from test_models_contract import cycle_dataset
 
+from agentrec.core.metrics import rank_samples
 from agentrec.data.dataset import Samples
-from agentrec.metrics import rank_samples
 from agentrec.models import MODELS, model_class
 from agentrec.models.semantic import Reranked, SemanticFusion, semantic_init
-from agentrec.runs import RunInfo, dataset_ref, evaluate_model, load_model, save_run
-from agentrec.training import TrainConfig, set_seed, train_model
-from test_models_contract import cycle_dataset
+from agentrec.training.runs import RunInfo, dataset_ref, evaluate_model, load_model, save_run
+from agentrec.training.trainer import TrainConfig, set_seed, train_model
 
 NEURAL = [name for name in MODELS if name != "pop"]
 

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 from test_prompting import toy_movies
 
-from agentrec.engines import HFEngine
-from agentrec.text import prompts_dir
-from agentrec.signals import (
+from agentrec.core.templates import prompts_dir
+from agentrec.llm.engines import HFEngine
+from agentrec.signals.signals import (
     STATUS_EMPTY,
     STATUS_OK,
     SignalConfig,
@@ -209,7 +209,7 @@ def test_parse_signal_spec(tmp_path):
 # ---------------------------------------------------------------------------------------------- augmentation
 def written_set(toy, path, texts: dict[int, str], aspect="usage"):
     """A set written directly (as generate would), to test what reads it."""
-    from agentrec.prompting import PromptBuilder, PromptConfig
+    from agentrec.llm.prompts import PromptBuilder, PromptConfig
 
     config = SignalConfig(aspects=(aspect,))
     builder = PromptBuilder(toy, PromptConfig(fields=config.fields))
@@ -220,8 +220,8 @@ def written_set(toy, path, texts: dict[int, str], aspect="usage"):
 
 
 def test_augmented_item_texts_and_their_embedding_cache(toy, tmp_path):
-    from agentrec.embeddings import embedding_key, item_embeddings
-    from agentrec.text import item_texts
+    from agentrec.core.templates import item_texts
+    from agentrec.retrieval.embedders import embedding_key, item_embeddings
 
     written_set(toy, tmp_path / "s", {1: "A family movie night.", 2: "A tense night in."})
     signals, info = load_signals(f"{tmp_path / 's'}:usage", toy)
@@ -355,7 +355,7 @@ def test_empty_outputs_are_retried_then_counted(toy, engine, tmp_path):
 
 
 def test_an_engine_failure_keeps_the_finished_signals(toy, engine, tmp_path):
-    from agentrec.engines import EngineError
+    from agentrec.llm.engines import EngineError
 
     class FailsOnHeat(Counting):
         """The real engine; then the chat about Heat 'fails for good' (a server error cannot be had here)."""
@@ -439,7 +439,7 @@ def test_killed_generate_process_resumes_to_a_complete_set(toy, tmp_path):
 def test_cli_index_build_train_and_report_with_signals(toy, tmp_path):
     from typer.testing import CliRunner
 
-    from agentrec.cli import app
+    from agentrec.cli.main import app
 
     runner = CliRunner()
     written_set(toy, tmp_path / "s", {1: "A family movie night.", 8: "A romantic epic for a long evening."})
@@ -451,7 +451,7 @@ def test_cli_index_build_train_and_report_with_signals(toy, tmp_path):
                                  "-q"])
     assert result.exit_code == 0, result.output
     assert "-sig-" in result.output and "built" in result.output  # its own collection, beside the plain one
-    from agentrec.index import connect
+    from agentrec.retrieval.index import connect
 
     collections = {c.name: c for c in connect(store).list_collections()}
     augmented = next(c for name, c in collections.items() if "-sig-" in name)

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from jinja2 import UndefinedError
 
-from agentrec.text import item_texts, load_template
+from agentrec.core.templates import item_texts, load_template
 
 
 def items(**columns):

@@ -23,7 +23,7 @@ import urllib.request
 
 import pytest
 
-from agentrec.engines import OpenAIEngine, SamplingParams
+from agentrec.llm.engines import OpenAIEngine, SamplingParams
 
 pytestmark = [
     pytest.mark.slow,
@@ -46,7 +46,7 @@ CHATS = [
 # run in the vLLM environment: vLLM starts an engine process, hence the __main__ guard
 IN_PROCESS = textwrap.dedent("""
     import json, sys, time
-    from agentrec.engines import SamplingParams, VLLMEngine
+    from agentrec.llm.engines import SamplingParams, VLLMEngine
 
     if __name__ == "__main__":
         job = json.load(sys.stdin)
@@ -74,7 +74,7 @@ def vllm_python() -> str:
 
 @pytest.fixture(scope="module")
 def model_dir() -> str:
-    from agentrec.assets import smollm2_hf_dir
+    from agentrec.core.assets import smollm2_hf_dir
 
     return str(smollm2_hf_dir())
 
@@ -159,7 +159,7 @@ def test_openai_engine_against_vllm_server(vllm_python, model_dir, tmp_path):
 
 
 def test_same_prompts_through_hf_for_comparison():
-    from agentrec.engines import HFEngine
+    from agentrec.llm.engines import HFEngine
 
     engine = HFEngine("smollm2", device="cpu", threads=int(os.environ.get("AGENTREC_THREADS", "1")), batch_size=4)
     engine.load()

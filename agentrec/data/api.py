@@ -8,6 +8,7 @@ from pathlib import Path
 
 from agentrec.data import protocols as P
 from agentrec.data.dataset import PreparedDataset, check_output_folder
+from agentrec.data.prepare import prepare
 from agentrec.data.sources import SOURCES, get_loader
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,6 @@ def prepare_dataset(
     it is kept; another dataset there is replaced only with ``force`` (see
     :meth:`PreparedDataset.save`). ``out`` is checked before any loading starts.
     """
-    from agentrec.data.prepare import prepare
 
     check_output_folder(out)
 

@@ -15,14 +15,14 @@ A prepared dataset is a folder::
     stats.json     counts, filtering steps and reasons, the protocol and its parameters, the
                    source files' sha256, the load report, the dataset fingerprint, the format
                    version, and (format 2) the size and sha256 of each of the four files above.
-    embeddings/    (optional) item-embedding cache, written later by agentrec.embeddings.
+    embeddings/    (optional) item-embedding cache, written later by agentrec.retrieval.embedders.
 
 Item ids are 1..n_items; 0 is reserved for padding and never a target. The fingerprint is a
 sha256 over the item table and the three splits, so a model trained on one dataset can refuse
 another.
 
 Writing and checking (issue 12). :meth:`PreparedDataset.save` builds the folder aside and swaps it
-into place whole (:func:`agentrec.fsutil.atomic_dir`): a killed ``prepare`` leaves the old dataset or
+into place whole (:func:`agentrec.core.fsutil.atomic_dir`): a killed ``prepare`` leaves the old dataset or
 the new one, never a mix. :meth:`PreparedDataset.load` checks the files against ``stats.json``
 before anything reads them:
 
@@ -35,9 +35,9 @@ before anything reads them:
   ``stats.json`` (about 12-16 ms more on MovieLens-100K). A folder that a killed ``prepare`` left
   with new splits beside the old ``stats.json`` fails this check. ``prepare --force`` rewrites
   such a folder in format 2.
-- A higher version (a newer agentrec) is refused with :class:`~agentrec.errors.MismatchError`.
+- A higher version (a newer agentrec) is refused with :class:`~agentrec.core.errors.MismatchError`.
 
-Every failure is a :class:`~agentrec.errors.DamagedFileError` naming the file (and key or line) and
+Every failure is a :class:`~agentrec.core.errors.DamagedFileError` naming the file (and key or line) and
 the command that rebuilds the folder; a folder with split files but no ``stats.json`` (a
 ``prepare`` killed under the old, non-atomic code) is one too, never a silent pass.
 """
@@ -57,8 +57,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from agentrec import fsutil
-from agentrec.errors import DamagedFileError, MismatchError, NotFoundError, UsageError
+from agentrec.core import fsutil
+from agentrec.core.errors import DamagedFileError, MismatchError, NotFoundError, UsageError
 
 logger = logging.getLogger(__name__)
 

@@ -8,11 +8,11 @@ import time
 import numpy as np
 import pandas as pd
 
-from agentrec import __version__
+from agentrec.core import __version__
+from agentrec.core.errors import DataFormatError, UsageError
 from agentrec.data import protocols as P
 from agentrec.data.dataset import SPLITS, PreparedDataset, Samples
 from agentrec.data.raw import TEXT_FIELDS, RawData
-from agentrec.errors import DataFormatError, UsageError
 
 logger = logging.getLogger(__name__)
 

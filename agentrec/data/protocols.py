@@ -29,9 +29,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
+from agentrec.core.errors import UsageError
+from agentrec.core.options import COUNT, NON_NEGATIVE_INT, OptionError, Range, check_choice
 from agentrec.data.dataset import Samples
-from agentrec.errors import UsageError
-from agentrec.options import COUNT, NON_NEGATIVE_INT, OptionError, Range, check_choice
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from agentrec.errors import DataFormatError, NotFoundError, UsageError  # noqa: F401  (re-exported for the loaders)
+from agentrec.core.errors import DataFormatError, NotFoundError, UsageError  # noqa: F401  (re-exported for the loaders)
 
 logger = logging.getLogger(__name__)
 

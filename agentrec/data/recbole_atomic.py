@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from agentrec.core.assets import cache_dir, extract_from_wheel, fetch_wheel, installed_package_dir
 from agentrec.data.raw import (
     BadValue,
     DataFormatError,
@@ -278,7 +279,6 @@ def recbole_example_dir(dataset: str = "ml-100k") -> Path:
     the wheel is downloaded once (``pip download --no-deps``) and the files extracted into the cache.
     The data is GroupLens' and stays out of our repository.
     """
-    from agentrec.assets import cache_dir, extract_from_wheel, fetch_wheel, installed_package_dir
 
     installed = installed_package_dir("recbole")
     if installed is not None and (installed / "dataset_example" / dataset / f"{dataset}.inter").exists():

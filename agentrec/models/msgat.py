@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agentrec.errors import TrainingDivergedError
+from agentrec.core.errors import TrainingDivergedError
 from agentrec.models.base import Batch, ModelConfig, SessionModel, gather_last
 from agentrec.models.graphs import session_graphs
 from agentrec.models.layers import Dropout

@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from agentrec.models.base import Batch, SessionModel
@@ -154,9 +153,3 @@ class Reranked:
         out.scatter_(1, top, inside)
         out[:, 0] = float("-inf")
         return out
-
-
-def load_llm_table(dataset, embedder: str, *, template=None, signals=None, progress: bool = True) -> np.ndarray:
-    from agentrec.embeddings import item_embeddings
-
-    return item_embeddings(dataset, embedder, template=template, signals=signals, progress=progress)

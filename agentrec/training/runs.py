@@ -14,10 +14,13 @@ import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from agentrec import fsutil
-from agentrec.errors import DamagedFileError, MismatchError, NotFoundError, TrainingDivergedError
-
-from agentrec.metrics import DEFAULT_KS, RankingResult, rank_samples
+from agentrec.core import fsutil
+from agentrec.core.errors import DamagedFileError, MismatchError, NotFoundError, TrainingDivergedError
+from agentrec.core.metrics import DEFAULT_KS, RankingResult, rank_samples
+from agentrec.data.dataset import PreparedDataset
+from agentrec.models import model_class
+from agentrec.models.popularity import Popularity
+from agentrec.models.semantic import FusionConfig, SemanticFusion
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +53,7 @@ class RunInfo:
 def save_run(out: str | Path, info: RunInfo, state: dict) -> Path:
     """Write ``run.json`` and the tensors of ``state`` (name -> tensor) into the run folder ``out``.
 
-    The folder is built aside and swapped in whole (:func:`agentrec.fsutil.atomic_dir`): a killed
+    The folder is built aside and swapped in whole (:func:`agentrec.core.fsutil.atomic_dir`): a killed
     write leaves the previous run or this one, never new weights beside an old ``run.json``. A
     previous run in ``out`` is replaced, as before; a folder holding anything else is refused.
 
@@ -138,7 +141,6 @@ def load_model(run: str | Path, dataset):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from agentrec.models import model_class
 
     info = read_run(run)
     check_dataset(info, dataset)
@@ -165,8 +167,6 @@ def load_model(run: str | Path, dataset):
         _check_finite_weights(state, weights)
     try:
         if info.semantic.get("mode") == "fusion":
-            from agentrec.models.semantic import FusionConfig, SemanticFusion
-
             model = SemanticFusion(model, state["llm_items"].numpy(),
                                    FusionConfig(output_size=info.semantic.get("output_size")))
         model.load_state_dict(state)
@@ -210,7 +210,6 @@ def evaluate_model(model, dataset, split: str = "valid", *, ks=DEFAULT_KS, exclu
 
 def train_popularity(dataset, out: str | Path, *, ks=DEFAULT_KS, exclude_history: bool = False) -> RunInfo:
     """Fit the popularity floor and record its validation metrics (it has nothing to select)."""
-    from agentrec.models.popularity import Popularity
 
     model = Popularity(dataset.n_items).fit(dataset.train)
     valid = evaluate_model(model, dataset, "valid", ks=ks, exclude_history=exclude_history)
@@ -239,7 +238,6 @@ def evaluate_run(run: str | Path, *, data: str | Path | None = None, split: str 
                  exclude_history: bool | None = None, memory_budget_mb: float = 256.0,
                  progress: bool = False) -> tuple[RunInfo, RankingResult]:
     """Evaluate the run's selected checkpoint on ``split`` (test by default) and record the result."""
-    from agentrec.data.dataset import PreparedDataset
 
     info = read_run(run)
     data_path = data or info.dataset.get("path")

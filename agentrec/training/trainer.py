@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from agentrec.errors import TrainingDivergedError, UsageError
-from agentrec.metrics import DEFAULT_KS
-from agentrec.options import COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, SEED, OptionError, Range
-from agentrec.runs import RunInfo, dataset_ref, evaluate_model, save_run
+from agentrec.core.errors import TrainingDivergedError, UsageError
+from agentrec.core.metrics import DEFAULT_KS
+from agentrec.core.options import COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, SEED, OptionError, Range
+from agentrec.training.runs import RunInfo, dataset_ref, evaluate_model, save_run
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ generations of two settings. Adding an aspect to an existing set is allowed.
 
 **Budgets.** Each item's text is cut to ``item_chars`` characters and ``item_tokens`` tokens before it
 goes into a prompt, and a prompt still over the engine's context is cut to fit ("Budgets" in
-:mod:`agentrec.prompting`), so one item with a 100 KB title makes a prompt like any other. The cuts are
+:mod:`agentrec.llm.prompts`), so one item with a 100 KB title makes a prompt like any other. The cuts are
 counted in :class:`GenerateResult` (``last_run.json``). The two settings are recorded in the
 manifest but are not part of the set's identity: they change only the texts of items longer than
 them, which could not be generated before.
@@ -58,9 +58,13 @@ from pathlib import Path
 
 import numpy as np
 
-from agentrec.errors import MismatchError
-
-from agentrec.engines import Engine, EngineError, SamplingParams
+from agentrec.core import __version__
+from agentrec.core.errors import MismatchError
+from agentrec.core.templates import _value, item_texts
+from agentrec.data.dataset import PreparedDataset, _items_to_jsonl
+from agentrec.llm.engines import Engine, SamplingParams
+from agentrec.llm.prompts import ASPECTS, PromptBuilder, PromptConfig, validate_aspects
+from agentrec.retrieval.embedders import get_embedder
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +224,6 @@ def _is_echo(text: str, item: str) -> bool:
 # ================================================================================================ the set on disk
 def catalogue_fingerprint(dataset) -> str:
     """sha256 of the item table as agentrec writes it: signals depend on items, not on the splits."""
-    from agentrec.data.dataset import _items_to_jsonl
 
     return hashlib.sha256(_items_to_jsonl(dataset.items)).hexdigest()
 
@@ -396,9 +399,6 @@ IDENTITY_KEYS = ("format_version", "catalogue_fingerprint", "engine", "sampling"
 
 
 def build_manifest(dataset, engine: Engine, config: SignalConfig, builder) -> dict:
-    from agentrec import __version__
-    from agentrec.prompting import ASPECTS
-
     return {
         "format_version": FORMAT_VERSION,
         "dataset": dataset.name,
@@ -507,7 +507,7 @@ def generate_signals(dataset, out: str | Path, engine: Engine, *, config: Signal
     Args:
         dataset: a :class:`~agentrec.data.dataset.PreparedDataset` or its folder.
         out: the signal set folder; created, or resumed when its manifest matches.
-        engine: any :class:`~agentrec.engines.Engine`.
+        engine: any :class:`~agentrec.llm.engines.Engine`.
         config: aspects, sampling, cleaning and chunking.
         item_ids: items to do, in this order (ids 1..n_items); repeats are done once.
         budget_s: start no new chunk after this many seconds (the rest is left for a rerun).
@@ -520,8 +520,6 @@ def generate_signals(dataset, out: str | Path, engine: Engine, *, config: Signal
         SignalSetMismatchError: ``out`` holds a set made with other settings.
         EngineError: the engine failed for good; the pairs it did finish are written first.
     """
-    from agentrec.data.dataset import PreparedDataset
-    from agentrec.prompting import PromptBuilder, PromptConfig, validate_aspects
 
     started = time.perf_counter()
     config = config or SignalConfig()
@@ -646,7 +644,7 @@ def parse_signal_spec(spec: str) -> tuple[Path, tuple[str, ...] | None]:
 
 def load_signals(spec: str | Path, dataset, *, aspects: tuple[str, ...] | None = None
                  ) -> tuple[dict[str, list[str | None]], dict]:
-    """The signals of a set for :func:`agentrec.text.item_texts`, checked against ``dataset``'s catalogue.
+    """The signals of a set for :func:`agentrec.core.templates.item_texts`, checked against ``dataset``'s catalogue.
 
     Args:
         spec: ``S`` or ``S:aspect,aspect`` (aspects in the order they are to appear in the item text).
@@ -763,7 +761,6 @@ def dedup_keep(vectors: np.ndarray, threshold: float) -> np.ndarray:
 
 def _item_categories(dataset) -> tuple[str, list[list[str]]]:
     """The column that groups items (genres for MovieLens, categories for Amazon) and each item's groups."""
-    from agentrec.text import _value
 
     for column in ("genres", "categories"):
         if column in dataset.items:
@@ -800,9 +797,6 @@ def signal_report(path: str | Path, *, dataset=None, embedder="minilm", threshol
     Returns:
         The report as a dict; ``report.md`` and ``report.json`` are written into the set folder.
     """
-    from agentrec.data.dataset import PreparedDataset
-    from agentrec.embeddings import get_embedder
-    from agentrec.text import item_texts
 
     signal_set = SignalSet(path)
     manifest = signal_set.manifest

@@ -1,7 +1,7 @@
 """Chats for the LLM-as-recommender strategies (SemSR section 3.2) and the LaMAR aspect prompts.
 
 Prompts are data: one Jinja file per prompt in ``prompts/`` (or your own folder, ``--prompts DIR``),
-rendered by :func:`agentrec.text.environment` with ``StrictUndefined``, so a template that uses a
+rendered by :func:`agentrec.core.templates.environment` with ``StrictUndefined``, so a template that uses a
 variable nobody passes fails loudly. Each file lists its variables in a comment at its top.
 
 **A template is a chat.** It defines one Jinja block per role, ``{% block system %}`` and
@@ -32,7 +32,7 @@ sample's index).
 Items are shown as one line each, built from the item text fields chosen in
 :attr:`PromptConfig.fields` (default: the title only, as SemSR shows titles).
 
-**Budgets.** A prompt must fit the engine's context (:attr:`agentrec.engines.Engine.context_tokens`)
+**Budgets.** A prompt must fit the engine's context (:attr:`agentrec.llm.engines.Engine.context_tokens`)
 with the answer's ``max_new_tokens`` kept free; one 100 KB title would otherwise make a prompt of
 hundreds of thousands of tokens. Given the engine (``PromptBuilder(..., engine=engine)``):
 
@@ -46,7 +46,7 @@ hundreds of thousands of tokens. Given the engine (``PromptBuilder(..., engine=e
    next item best); then every remaining text (session items, the aspect item, the rationale) is
    cut to half the tokens, again and again down to 4 tokens;
 3. a prompt that still does not fit (the template's own text fills the context) is a
-   :class:`~agentrec.errors.UsageError`.
+   :class:`~agentrec.core.errors.UsageError`.
 
 :attr:`PromptBuilder.cuts` counts what was cut (:class:`PromptCuts`); ``predict`` and
 ``signals generate`` report it. Without an engine (or one that does not tell its context) only
@@ -68,9 +68,9 @@ from typing import Callable
 
 import numpy as np
 
-from agentrec.engines import estimate_chat_tokens, estimate_tokens
-from agentrec.errors import DataFormatError, NotFoundError, UsageError
-from agentrec.text import ITEM_FIELDS, _value, environment, load_template, prompts_dir, template_source
+from agentrec.core.errors import DataFormatError, NotFoundError, UsageError
+from agentrec.core.templates import ITEM_FIELDS, _value, environment, load_template, prompts_dir, template_source
+from agentrec.llm.engines import estimate_chat_tokens, estimate_tokens
 
 ROLES = ("system", "user")  # chat roles a template may define, in message order
 _TURN_BLOCK = re.compile(r"(user|assistant)_([1-9][0-9]*)")  # demonstration turns, between system and user
@@ -118,7 +118,7 @@ class PromptConfig:
     examples: int = 3  # few-shot examples per prompt (fs, fscot); 0 for none
     seed: int = 0  # seeds the draw of the examples
     vary_examples: bool = False  # False: one draw for all prompts (shared prefix); True: one draw per session
-    fields: tuple[str, ...] = ("title",)  # item text fields shown, from agentrec.text.ITEM_FIELDS
+    fields: tuple[str, ...] = ("title",)  # item text fields shown, from agentrec.core.templates.ITEM_FIELDS
     max_history: int = 10  # most recent items of the query session shown
     example_history: int = 5  # most recent items of each example's session shown
     prompts: str | None = None  # folder with your own templates (default: the shipped ones)
@@ -682,7 +682,6 @@ def _most_that_fit(low: int, high: int, fits: Callable[[int], bool]) -> int:
 
 
 def shipped_templates() -> list[Path]:
-    """Every prompt template shipped with agentrec (``*.jinja`` in :func:`agentrec.text.prompts_dir`)."""
-    from agentrec.text import prompts_dir
+    """Every prompt template shipped with agentrec (``*.jinja`` in :func:`agentrec.core.templates.prompts_dir`)."""
 
     return sorted(prompts_dir().glob("*.jinja"))

@@ -7,7 +7,7 @@ embeddings; this module is that step. One :class:`CatalogueIndex` wraps one Chro
   Chroma server (``chroma run --path DIR --host 127.0.0.1 --port 8000``) for the scale-out path,
   reached with ``chroma_host="HOST:PORT"``.
 * **Embeddings are injected** -- the collection is created with ``embedding_function=None`` and every
-  add and query passes vectors from our :class:`~agentrec.embeddings.Embedder` (Chroma's default
+  add and query passes vectors from our :class:`~agentrec.retrieval.embedders.Embedder` (Chroma's default
   embedding function downloads a model and fails offline).
 * **The collection records what it was built from** (embedder fingerprint and dimension, dataset
   fingerprint, item count, text digests, HNSW settings, agentrec version), so opening it with another
@@ -17,8 +17,8 @@ embeddings; this module is that step. One :class:`CatalogueIndex` wraps one Chro
 Typical use::
 
     from agentrec.data.dataset import PreparedDataset
-    from agentrec.embeddings import get_embedder
-    from agentrec.index import CatalogueIndex
+    from agentrec.retrieval.embedders import get_embedder
+    from agentrec.retrieval.index import CatalogueIndex
 
     dataset = PreparedDataset.load("data/ml-100k")
     index = CatalogueIndex.build(dataset, get_embedder("minilm"))      # reused if already built
@@ -43,7 +43,10 @@ from pathlib import Path
 
 import numpy as np
 
-from agentrec.errors import DamagedFileError, MismatchError, NotFoundError, UsageError
+from agentrec.core import __version__
+from agentrec.core.errors import DamagedFileError, MismatchError, NotFoundError, UsageError
+from agentrec.core.templates import item_texts, load_template, template_source, texts_digest
+from agentrec.retrieval.embedders import get_embedder, item_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -269,7 +272,7 @@ class CatalogueIndex:
     Attributes:
         client: the Chroma client (on-disk or HTTP).
         collection: the Chroma collection (created with ``embedding_function=None``).
-        embedder: the :class:`~agentrec.embeddings.Embedder` that embeds queries; its fingerprint
+        embedder: the :class:`~agentrec.retrieval.embedders.Embedder` that embeds queries; its fingerprint
             equals the one the collection was built with.
         name: the collection's name.
         hnsw: the HNSW settings read back from the collection's configuration.
@@ -304,21 +307,18 @@ class CatalogueIndex:
             chroma_host: ``"HOST:PORT"`` of a Chroma server to use instead of ``store``.
             collection: collection name (default :func:`default_collection_name`).
             template: Jinja template of the item text (default ``prompts/item_text.jinja``).
-            signals: extra item text by aspect, as :func:`agentrec.text.item_texts` takes it.
+            signals: extra item text by aspect, as :func:`agentrec.core.templates.item_texts` takes it.
             hnsw: HNSW settings, fixed at creation.
             rebuild: replace a complete collection that was built from something else.
             progress: progress bars while embedding and adding.
 
-        Item vectors come from :func:`~agentrec.embeddings.item_embeddings`, which caches them in the
+        Item vectors come from :func:`~agentrec.retrieval.embedders.item_embeddings`, which caches them in the
         dataset folder, so a rebuild after a crash or with new HNSW settings embeds nothing.
 
         Raises:
             IndexMismatchError: the collection exists, is complete and was built from another
                 embedder, dataset, item text or HNSW settings, and ``rebuild`` is False.
         """
-        from agentrec import __version__
-        from agentrec.embeddings import get_embedder, item_embeddings
-        from agentrec.text import item_texts, load_template, template_source, texts_digest
 
         embedder = get_embedder(embedder) if isinstance(embedder, str) else embedder
         client = connect(store, chroma_host)
@@ -407,7 +407,6 @@ class CatalogueIndex:
             IndexMismatchError: the collection was built with another embedder (fingerprint or
                 dimension) or from another dataset.
         """
-        from agentrec.embeddings import get_embedder
 
         embedder = get_embedder(embedder) if isinstance(embedder, str) else embedder
         client = connect(store, chroma_host, create=False)

@@ -5,6 +5,8 @@ Heavy libraries are imported inside the commands, so ``agentrec --help`` stays f
 
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 import inspect
 import json
@@ -16,7 +18,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from agentrec.options import (
+from agentrec.core.options import (
     COUNT,
     NON_NEGATIVE,
     NON_NEGATIVE_INT,
@@ -30,7 +32,7 @@ from agentrec.options import (
     check_writable,
     flag,
 )
-from agentrec.text import ITEM_FIELDS
+from agentrec.core.templates import ITEM_FIELDS
 
 app = typer.Typer(
     help="LLMs as session-based recommendation agents, with retrieval.\n\n"
@@ -85,7 +87,7 @@ def user_errors(func):
     def wrapper(*args, **kwargs):
         from jinja2 import TemplateError
 
-        from agentrec.errors import AgentrecError
+        from agentrec.core.errors import AgentrecError
 
         try:
             return func(*args, **kwargs)
@@ -102,8 +104,8 @@ def user_errors(func):
 
 
 def checked(**rules):
-    """Check the named options against their rules (a :class:`~agentrec.options.Range`, or
-    :class:`~agentrec.options.Writable` for an output) before the command does anything.
+    """Check the named options against their rules (a :class:`~agentrec.core.options.Range`, or
+    :class:`~agentrec.core.options.Writable` for an output) before the command does anything.
 
     Settings whose library config range-checks them (train, protocol and compare settings) need no
     rule here; these are the options of commands whose work starts before a config would object
@@ -210,8 +212,8 @@ def data_stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print stats.json as it is.")] = False,
 ):
     """Print the counts, filtering steps, protocol and sources of a prepared dataset."""
-    from agentrec.data.dataset import STATS_FILE, rebuild_hint, read_stats
-    from agentrec.errors import DamagedFileError
+    from agentrec.core.errors import DamagedFileError
+    from agentrec.data.dataset import STATS_FILE, read_stats, rebuild_hint
 
     stats = read_stats(path)
     if as_json:
@@ -307,11 +309,10 @@ def train(
       agentrec train --model niser --data data/ml-100k --out runs/niser --epochs 20 --set sigma=16
     """
     _setup_logging(False)
+    from agentrec.core.errors import UsageError
+    from agentrec.core.metrics import format_metrics
     from agentrec.data.dataset import PreparedDataset
-    from agentrec.errors import UsageError
-    from agentrec.metrics import format_metrics
-    from agentrec.runs import train_popularity
-    from agentrec.settings import build_model_config, build_train_config
+    from agentrec.pipelines.train import RunSpec, build_model_config, build_train_config, train_run
 
     if signals and semantic is None:
         raise ValueError("--signals augments the LLM item texts of --semantic init|fusion; add --semantic")
@@ -327,32 +328,13 @@ def train(
     if not len(dataset.train):
         raise UsageError(f"--data {data}: the train split is empty; prepare the dataset with more data or other "
                          "protocol options (see 'agentrec data stats')")
-    if model == ModelName.pop:
-        info = train_popularity(dataset, out, exclude_history=train_config.exclude_history)
-    else:
-        from agentrec.models import model_class
-        from agentrec.training import set_seed, train_model
-
-        set_seed(train_config.seed)  # before the model exists: initial weights follow the seed too
-        net = model_class(model.value)(dataset.n_items, model_config)
-        described = None
-        if semantic is not None:
-            from agentrec.models.semantic import SemanticFusion, load_llm_table, semantic_init
-
-            from agentrec.cli_signals import load_signal_option
-
-            signal_texts, signal_info = load_signal_option(signals, dataset)
-            table = load_llm_table(dataset, embedder, signals=signal_texts, progress=not quiet)
-            if semantic == SemanticMode.init:
-                described = semantic_init(net, table)
-            else:
-                net = SemanticFusion(net, table)
-                described = net.fusion_dict()
-            described["embedder"] = embedder
-            if signal_info:
-                described["signals"] = signal_info
-            typer.echo(f"semantic variant: {described}")
-        info = train_model(net, dataset, train_config, out=out, progress=not quiet, semantic=described)
+    spec = RunSpec(model=model.value, variant=semantic.value if semantic else None, embedder=embedder,
+                   signals=signals, train=train_config,
+                   model_settings=dataclasses.asdict(model_config) if model_config is not None else {})
+    info = train_run(spec, dataset, out, progress=not quiet)
+    if info.semantic:
+        typer.echo(f"semantic variant: {info.semantic}")
+    if info.history:
         typer.echo(f"best epoch {info.best_epoch} of {len(info.history)} by validation {train_config.select_metric}; "
                    f"median {info.extra['median_samples_per_second']:.0f} training samples/s")
     typer.echo(f"{info.model} on {dataset.name}: validation ({len(dataset.valid):,} samples)")
@@ -372,8 +354,8 @@ def evaluate(
 ):
     """Rank every test target against the full catalogue; print Recall, MRR and NDCG at 10, 20, 100."""
     _setup_logging(False)
-    from agentrec.metrics import format_metrics
-    from agentrec.runs import evaluate_run
+    from agentrec.core.metrics import format_metrics
+    from agentrec.training.runs import evaluate_run
 
     if split == Split.test:  # the test metrics go into RUN/run.json: an unwritable run is found before evaluating
         check_argument("RUN", Writable(), run)
@@ -385,7 +367,7 @@ def evaluate(
     typer.echo(f"({result.seconds:.2f} s)")
 
 
-# ---------------------------------------------------------------- index: the catalogue in Chroma (agentrec.index)
+# ---------------------------------------------------------------- index: the catalogue in Chroma (agentrec.retrieval.index)
 index_app = typer.Typer(
     help="Embed a dataset's catalogue into a Chroma collection and search it by cosine distance.\n\n"
     "Typical flow: 'agentrec index build --data data/ml-100k', then "
@@ -438,7 +420,7 @@ def index_build(
     import time
 
     from agentrec.data.dataset import PreparedDataset
-    from agentrec.index import CatalogueIndex, HNSWSettings
+    from agentrec.retrieval.index import CatalogueIndex, HNSWSettings
 
     if chroma_host is None:
         check_writable("store", store)
@@ -449,10 +431,10 @@ def index_build(
     hnsw = HNSWSettings(ef_construction=ef_construction, ef_search=ef_search, max_neighbors=max_neighbors)
     signal_texts = None
     if signals:
-        from agentrec.cli_signals import load_signal_option
-        from agentrec.embeddings import get_embedder
-        from agentrec.index import default_collection_name, sanitise_collection_name
-        from agentrec.signals import signals_tag
+        from agentrec.cli.signals import load_signal_option
+        from agentrec.retrieval.embedders import get_embedder
+        from agentrec.retrieval.index import default_collection_name, sanitise_collection_name
+        from agentrec.signals.signals import signals_tag
 
         signal_texts, signal_info = load_signal_option(signals, dataset)
         collection = collection or sanitise_collection_name(
@@ -494,7 +476,7 @@ def index_query(
     """
     _setup_logging(False)
     from agentrec.data.dataset import PreparedDataset
-    from agentrec.index import CatalogueIndex
+    from agentrec.retrieval.index import CatalogueIndex
 
     _torch_threads(threads)
     dataset = PreparedDataset.load(data) if data else None
@@ -516,7 +498,7 @@ def index_query(
 
 
 
-# ---------------------------------------------------------------- predict: an LLM as the recommender (agentrec.predict)
+# ---------------------------------------------------------------- predict: an LLM as the recommender (agentrec.pipelines.predict)
 class StrategyName(str, Enum):
     fs = "fs"
     zcot = "zcot"
@@ -612,9 +594,9 @@ def predict_command(
       agentrec predict --strategy fscot --data data/ml-100k --limit 50 --hybrid runs/semsr-f --out runs/llm/hybrid.jsonl
     """
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from agentrec.engines import EngineConfig, get_engine
-    from agentrec.predict import GenerationConfig, predict
-    from agentrec.prompting import PromptConfig, validate_strategy
+    from agentrec.llm.engines import EngineConfig, get_engine
+    from agentrec.llm.prompts import PromptConfig, validate_strategy
+    from agentrec.pipelines.predict import GenerationConfig, predict
 
     if chroma_host is None:
         check_writable("store", store)
@@ -635,7 +617,7 @@ def predict_command(
                   cache=False if no_cache else (cache_file or True), ground_distance=ground_distance,
                   progress=not quiet)
     if hybrid is not None:
-        from agentrec.hybrid import HybridConfig, predict_hybrid
+        from agentrec.pipelines.hybrid import HybridConfig, predict_hybrid
 
         config = HybridConfig(candidates=candidates, fusion=fusion.value, weight=weight, fill=fill)
         result = predict_hybrid(data, hybrid, strategy.value, llm, config=config, **common)
@@ -646,7 +628,7 @@ def predict_command(
     typer.echo(f"\nwrote {out}{also} and {out.with_suffix('.summary.json')}")
 
 
-# ---------------------------------------------------------------- compare: every method on the same sessions (agentrec.compare)
+# ---------------------------------------------------------------- compare: every method on the same sessions (agentrec.pipelines.compare)
 @app.command("compare")
 @user_errors
 @checked(out=Writable(), store=Writable(), cache_file=Writable(folder=False), candidates=COUNT, weight=UNIT,
@@ -701,9 +683,9 @@ def compare_command(
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("chromadb", "httpx", "sentence_transformers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from agentrec.compare import CompareConfig, run_compare
-    from agentrec.engines import EngineConfig
-    from agentrec.hybrid import HybridConfig
+    from agentrec.llm.engines import EngineConfig
+    from agentrec.pipelines.compare import CompareConfig, run_compare
+    from agentrec.pipelines.hybrid import HybridConfig
 
     split = lambda text: tuple(x.strip() for x in text.split(",") if x.strip())
     config = CompareConfig(
@@ -727,8 +709,8 @@ def compare_command(
     typer.echo(f"wrote {out}/compare.md, compare.csv, compare.json, recall_at_k.png, manifest.json")
 
 
-# ---------------------------------------------------------------- signals: LaMAR semantic signals (agentrec.signals)
-from agentrec.cli_signals import signals_app  # noqa: E402  (it uses the helpers above)
+# ---------------------------------------------------------------- signals: LaMAR semantic signals (agentrec.signals.signals)
+from agentrec.cli.signals import signals_app  # noqa: E402  (it uses the helpers above)
 
 app.add_typer(signals_app, name="signals")
 

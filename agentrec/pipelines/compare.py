@@ -4,8 +4,8 @@
 
 * **Rows.** The popularity floor; the session models (``niser`` ...) and SemSR's variants of the
   ``base`` model (``semsr-i``, ``semsr-f``, and ``semsr-i+`` / ``semsr-f+``: their top-100 re-ordered by
-  the plain model); the LLM as recommender for each strategy (:mod:`agentrec.predict`); and the hybrid
-  of each strategy with the ``hybrid_model`` (:mod:`agentrec.hybrid`).
+  the plain model); the LLM as recommender for each strategy (:mod:`agentrec.pipelines.predict`); and the hybrid
+  of each strategy with the ``hybrid_model`` (:mod:`agentrec.pipelines.hybrid`).
 * **Two tables, stated.** LLM generation is slow, so LLM and hybrid rows run on the first
   ``llm_sessions`` test sessions (split order). Table 1 holds **every** method on exactly those
   sessions; table 2 holds the methods that are cheap enough for the whole test split (floor, session
@@ -26,7 +26,7 @@
 
 Example::
 
-    from agentrec.compare import CompareConfig, run_compare
+    from agentrec.pipelines.compare import CompareConfig, run_compare
     result = run_compare("runs/compare", CompareConfig(llm_sessions=20, epochs=2))
     print(result.table())
 """
@@ -47,9 +47,20 @@ from pathlib import Path
 
 import numpy as np
 
-from agentrec import fsutil
-from agentrec.hybrid import HybridConfig
-from agentrec.options import COUNT, SEED, OptionError, Range, check_writable
+from agentrec.core import fsutil
+from agentrec.core.options import COUNT, SEED, OptionError, Range, check_writable
+from agentrec.data.api import prepare_dataset
+from agentrec.data.dataset import PreparedDataset
+from agentrec.llm.engines import EngineConfig, get_engine
+from agentrec.llm.prompts import STRATEGIES, PromptConfig
+from agentrec.models import MODELS
+from agentrec.models.semantic import Reranked
+from agentrec.pipelines.hybrid import HybridConfig, hybrid_ranks, model_scores, read_candidates
+from agentrec.pipelines.predict import PROTOCOL, GenerationConfig, predict
+from agentrec.pipelines.train import RunSpec, load_llm_table, train_or_reuse
+from agentrec.retrieval.index import CatalogueIndex
+from agentrec.training.runs import dataset_ref, evaluate_model, load_model
+from agentrec.training.trainer import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +99,6 @@ class CompareConfig:
     level: float = 0.95  # confidence level of the intervals and of the noise test
 
     def __post_init__(self):
-        from agentrec.models import MODELS
-        from agentrec.prompting import STRATEGIES
-
         # every check runs here, before anything is trained or generated; errors name the field (CLI: --models)
         known = set(MODELS) | set(SEMANTIC)
         for option, names in (("models", self.models), ("hybrid_model", (self.hybrid_model,))):
@@ -379,7 +387,7 @@ def run_compare(out: str | Path, config: CompareConfig | None = None, *, data: s
             leave-one-out) when it does not exist yet.
         engine: an Engine object or engine name (default ``hf`` with SmolLM2); made only when an
             LLM row has to be computed.
-        engine_config, prompts, generation: as in :func:`agentrec.predict.predict`.
+        engine_config, prompts, generation: as in :func:`agentrec.pipelines.predict.predict`.
         cache_file: generation cache (default ``out/generations.sqlite``).
         store: Chroma store folder (default ``out/vectorstore``).
         progress: training progress bars.
@@ -390,11 +398,6 @@ def run_compare(out: str | Path, config: CompareConfig | None = None, *, data: s
     """
     import torch
 
-    from agentrec.data.dataset import PreparedDataset
-    from agentrec.engines import EngineConfig
-    from agentrec.predict import GenerationConfig
-    from agentrec.prompting import PromptConfig
-    from agentrec.runs import dataset_ref
 
     started, cpu_started = time.perf_counter(), time.process_time()
     config = config or CompareConfig()
@@ -404,7 +407,6 @@ def run_compare(out: str | Path, config: CompareConfig | None = None, *, data: s
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.threads)
     if data is None and not (DEFAULT_DATA / "stats.json").exists():  # a given folder must already be prepared
-        from agentrec.data.api import prepare_dataset
 
         logger.info("compare: preparing MovieLens-100K (leave-one-out) in %s", DEFAULT_DATA)
         prepare_dataset("ml-100k", out=DEFAULT_DATA, protocol="leave-one-out")
@@ -566,73 +568,39 @@ class _State:
         self._table = None
 
     def train_config(self):
-        from agentrec.training import TrainConfig
-
         c = self.config
         return TrainConfig(epochs=c.epochs, patience=c.patience, max_train_samples=c.max_train_samples, seed=c.seed,
                            threads=c.threads)
 
     def llm_table(self):
         if self._table is None:
-            from agentrec.models.semantic import load_llm_table
-
             self._table = load_llm_table(self.dataset, self.config.embedder, progress=False)
         return self._table
+
+    def spec(self, name: str) -> RunSpec:
+        """The run behind row ``name`` (pop, a session model, semsr-i or semsr-f)."""
+        c = self.config
+        variant = {"semsr-i": "init", "semsr-f": "fusion"}.get(name)
+        return RunSpec(model=c.base if variant else name, variant=variant, embedder=c.embedder,
+                       train=self.train_config())
 
     def model(self, name: str):
         """The trained model ``name`` (pop, a session model, semsr-i or semsr-f), from its checkpoint or trained now."""
         if name in self.models:
             return self.models[name]
-        from agentrec.runs import RUN_FILE, WEIGHTS_FILE, load_model, train_popularity
-        from agentrec.training import set_seed, train_model
-
-        c = self.config
-        variant = {"semsr-i": "init", "semsr-f": "fusion"}.get(name)
-        architecture = c.base if variant else name
-        spec = {"model": architecture, "variant": variant, "dataset": self.dataset.fingerprint}
-        if name != "pop":
-            spec["train"] = asdict(self.train_config())
-        if variant:
-            spec["embedder"] = c.embedder
-        folder = self.out / "runs" / f"{name}-{_key(spec)}"
-        reused = (folder / RUN_FILE).exists() and (folder / WEIGHTS_FILE).exists()
+        spec = self.spec(name)
+        folder, reused = train_or_reuse(spec, self.dataset, self.out / "runs", name=name, progress=self.progress,
+                                        llm_table=self.llm_table() if spec.variant else None)
         if not reused:
-            logger.info("compare: training %s into %s", _label(name, c.base), folder)
-            if name == "pop":
-                train_popularity(self.dataset, folder)
-            else:
-                from agentrec.settings import build_model
-
-                set_seed(c.seed)  # before the model exists: initial weights follow the seed
-                net = build_model(architecture, self.dataset)
-                described = None
-                if variant == "init":
-                    from agentrec.models.semantic import semantic_init
-
-                    described = semantic_init(net, self.llm_table())
-                elif variant == "fusion":
-                    from agentrec.models.semantic import SemanticFusion
-
-                    net = SemanticFusion(net, self.llm_table())
-                    described = net.fusion_dict()
-                if described is not None:
-                    described["embedder"] = c.embedder
-                train_model(net, self.dataset, self.train_config(), out=folder, progress=self.progress,
-                            semantic=described)
             self.trained.append(str(folder))
-        else:
-            logger.info("compare: reusing %s", folder)
         info, model = load_model(folder, self.dataset)
         self.models[name], self.infos[name] = model, info
-        self.runs[name] = {"folder": str(folder), "key": _key(spec), "reused": reused,
+        self.runs[name] = {"folder": str(folder), "key": spec.key(self.dataset), "reused": reused,
                            "best_epoch": info.best_epoch, "epochs_run": len(info.history),
-                           "train_s": _run_train_seconds(info), "spec": spec}
+                           "train_s": _run_train_seconds(info), "spec": _jsonable(asdict(spec))}
         return model
 
     def session_row(self, name: str) -> Row:
-        from agentrec.models.semantic import Reranked
-        from agentrec.runs import evaluate_model
-
         c = self.config
         if name in ("semsr-i+", "semsr-f+"):
             first = name[:-1]
@@ -650,8 +618,6 @@ class _State:
                    wall_s=clock.wall, cpu_s=clock.cpu, train_s=train_s, protocol=protocol)
 
     def hybrid_row(self, llm_row: Row, record: dict, model_name: str) -> Row:
-        from agentrec.hybrid import hybrid_ranks, model_scores, read_candidates
-
         hc = self.config.hybrid_config
         model = self.model(model_name)
         n = len(llm_row.ranks)
@@ -668,7 +634,7 @@ class _State:
 
 
 class _LLM:
-    """LLM-only rows: computed through :func:`agentrec.predict.predict`, or reused from ``out/llm``."""
+    """LLM-only rows: computed through :func:`agentrec.pipelines.predict.predict`, or reused from ``out/llm``."""
 
     def __init__(self, state: _State, engine, engine_config, prompts, generation, cache_file, store, n: int):
         self.state, self.engine, self.engine_config = state, engine, engine_config
@@ -680,15 +646,11 @@ class _LLM:
 
     def _engine(self):
         if self.engine is None or isinstance(self.engine, str):
-            from agentrec.engines import get_engine
-
             self.engine = get_engine(self.engine or "hf", self.engine_config)
         return self.engine
 
     def _index(self):
         if self.index is None:
-            from agentrec.index import CatalogueIndex
-
             with _Clock() as clock:
                 self.index = CatalogueIndex.build(self.state.dataset, self.state.config.embedder, store=self.store,
                                                   progress=False)
@@ -698,8 +660,6 @@ class _LLM:
         return self.index
 
     def row(self, strategy: str) -> tuple[Row, dict]:
-        from agentrec.predict import PROTOCOL, predict
-
         engine = self._engine()
         spec = {"strategy": strategy, "engine": engine.fingerprint, "prompts": asdict(self.prompts),
                 "generation": asdict(self.generation), "embedder": self.state.config.embedder, "k": LLM_K,
@@ -740,8 +700,6 @@ class _LLM:
         return row, record
 
     def manifest(self) -> dict:
-        from agentrec.predict import PROTOCOL
-
         engine = self.engine
         config = {k: v for k, v in asdict(self.engine_config).items() if k != "api_key"}
         return {"engine": getattr(engine, "fingerprint", str(engine)), "engine_config": config,

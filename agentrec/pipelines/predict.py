@@ -2,25 +2,25 @@
 
 SemSR (arXiv 2508.20587) section 3.2, "LLM as Recommender System": an instruction-tuned LLM reads a
 session's item titles and writes the title of the next item (FS, ZCoT or FSCoT prompts, see
-:mod:`agentrec.prompting`); the generated title is grounded in the real catalogue by its nearest
-items under cosine similarity of text embeddings in a Chroma collection (:mod:`agentrec.index`).
+:mod:`agentrec.llm.prompts`); the generated title is grounded in the real catalogue by its nearest
+items under cosine similarity of text embeddings in a Chroma collection (:mod:`agentrec.retrieval.index`).
 No public reference code; the prompts follow the paper's Figure 2.
 
 :func:`predict` runs it for the sessions of a split:
 
-1. checks the templates (:func:`agentrec.prompting.validate_templates`) before any model loads, then
+1. checks the templates (:func:`agentrec.llm.prompts.validate_templates`) before any model loads, then
    renders one chat per session (per step: CoT strategies run a rationale step, then a title step),
    each cut to the engine's context (item texts first, then whole prompts: "Budgets" in
-   :mod:`agentrec.prompting`; the cuts are counted in the result),
+   :mod:`agentrec.llm.prompts`; the cuts are counted in the result),
 2. generates in chunks of ``chunk_size`` sessions, one engine call per step and chunk, through the
-   generation cache (:mod:`agentrec.gencache`: a rerun or resumed run makes no repeated calls),
+   generation cache (:mod:`agentrec.llm.cache`: a rerun or resumed run makes no repeated calls),
 3. parses a title from each output (:func:`parse_title`),
 4. grounds all parsed titles with **one** batched :meth:`CatalogueIndex.match` call (top-K),
 5. writes one JSON line per session and returns Recall@K / MRR@K / NDCG@K under :data:`PROTOCOL`.
 
 Example::
 
-    from agentrec.predict import predict
+    from agentrec.pipelines.predict import predict
     result = predict("data/ml-100k", "fs", k=20, limit=100, out="runs/fs.jsonl")
     print(result.describe())
 """
@@ -37,9 +37,12 @@ from pathlib import Path
 
 import numpy as np
 
-from agentrec.engines import Engine, EngineConfig, SamplingParams, get_engine
-from agentrec.gencache import GenerationCache, cached_generate
-from agentrec.prompting import PromptBuilder, PromptConfig, chat_digest, validate_strategy
+from agentrec.core.metrics import format_metrics, metrics_from_ranks
+from agentrec.data.dataset import PreparedDataset
+from agentrec.llm.cache import GenerationCache, cached_generate
+from agentrec.llm.engines import Engine, EngineConfig, SamplingParams, get_engine
+from agentrec.llm.prompts import PromptBuilder, PromptConfig, chat_digest, validate_strategy
+from agentrec.retrieval.index import CatalogueIndex
 
 logger = logging.getLogger(__name__)
 
@@ -211,8 +214,6 @@ class PredictResult:
         return {key: None if isinstance(value, float) and math.isnan(value) else value for key, value in data.items()}
 
     def describe(self) -> str:
-        from agentrec.metrics import format_metrics
-
         n = max(self.n, 1)
         lines = [
             f"{self.strategy} with {self.engine} on {self.dataset} ({self.split}, {self.n:,} sessions, top-{self.k})",
@@ -248,8 +249,8 @@ def predict(dataset, strategy: str = "fs", engine: Engine | str | None = None, *
 
     Args:
         dataset: a :class:`~agentrec.data.dataset.PreparedDataset` or its folder.
-        strategy: ``fs``, ``zcot`` or ``fscot`` (:data:`agentrec.prompting.STRATEGIES`).
-        engine: an :class:`~agentrec.engines.Engine`, or an engine name made with ``engine_config``
+        strategy: ``fs``, ``zcot`` or ``fscot`` (:data:`agentrec.llm.prompts.STRATEGIES`).
+        engine: an :class:`~agentrec.llm.engines.Engine`, or an engine name made with ``engine_config``
             (default ``hf`` with SmolLM2, offline).
         k: length of the grounded list (top-K nearest items); metrics at 10 (when K > 10) and K.
         limit: only the first ``limit`` sessions of the split, in split order.
@@ -258,7 +259,7 @@ def predict(dataset, strategy: str = "fs", engine: Engine | str | None = None, *
         engine_config: settings for an engine given by name.
         prompts: what goes into the prompts (examples, seed, item fields, your own templates).
         generation: sampling and chunking.
-        index: a :class:`~agentrec.index.CatalogueIndex`; default: built on first use (or reused)
+        index: a :class:`~agentrec.retrieval.index.CatalogueIndex`; default: built on first use (or reused)
             from ``embedder`` in ``store`` / ``chroma_host``.
         cache: True for the default cache file, a path for another, a GenerationCache, or False for none.
         ground_distance: cosine distance above which a parsed title counts as ungrounded.
@@ -267,8 +268,6 @@ def predict(dataset, strategy: str = "fs", engine: Engine | str | None = None, *
     Returns:
         A :class:`PredictResult`; metrics follow :data:`PROTOCOL`.
     """
-    from agentrec.data.dataset import PreparedDataset
-    from agentrec.metrics import metrics_from_ranks
 
     started = time.perf_counter()
     prompt_config = prompts or PromptConfig()
@@ -283,7 +282,6 @@ def predict(dataset, strategy: str = "fs", engine: Engine | str | None = None, *
         engine = get_engine(engine or "hf", engine_config)
     cache = _open_cache(cache)
     if index is None:  # before any generation: a store that does not fit fails now, not after the LLM ran
-        from agentrec.index import CatalogueIndex
 
         index = CatalogueIndex.build(dataset, embedder, store=store, chroma_host=chroma_host, progress=progress)
     builder = PromptBuilder(dataset, prompt_config, split=split, engine=engine)

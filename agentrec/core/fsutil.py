@@ -24,7 +24,7 @@ Two environment variables exist for the kill tests only: ``AGENTREC_TEST_SLOW_WR
 at each step of a write (:func:`test_pause`), so a SIGKILL can land between steps, and
 ``AGENTREC_TEST_NO_RENAME_EXCHANGE=1`` forces the two-rename path.
 
-This module imports nothing of agentrec but :mod:`agentrec.errors`.
+This module imports nothing of agentrec but :mod:`agentrec.core.errors`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from agentrec.errors import UsageError
+from agentrec.core.errors import UsageError
 
 logger = logging.getLogger(__name__)
 

@@ -20,6 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from agentrec.core import assets
+from agentrec.core.templates import item_texts, texts_digest
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_EMBEDDER = "minilm"
@@ -156,7 +159,6 @@ class CausalLMEmbedder(Embedder):
 
 def get_embedder(name: str = DEFAULT_EMBEDDER, *, device: str = "cpu") -> Embedder:
     """Embedder by name (see the module docstring)."""
-    from agentrec import assets
 
     if name in ("minilm", "all-MiniLM-L6-v2"):
         return SentenceTransformerEmbedder(str(assets.minilm_dir()), name="minilm", device=device)
@@ -178,7 +180,6 @@ def item_embeddings(dataset, embedder: Embedder | str = DEFAULT_EMBEDDER, *, tem
     second call with the same inputs reads the file and computes nothing. A damaged cache file
     (truncated, corrupted, wrong shape, non-finite values) is logged as a warning and rebuilt.
     """
-    from agentrec.text import item_texts
 
     texts = item_texts(dataset.items, template=template, signals=signals)
     embedder = get_embedder(embedder) if isinstance(embedder, str) else embedder
@@ -228,6 +229,4 @@ def _read_cache(path: Path, *, rows: int) -> np.ndarray | None:
 
 
 def embedding_key(fingerprint: str, texts: list[str]) -> str:
-    from agentrec.text import texts_digest
-
     return hashlib.sha256(f"{fingerprint}|{texts_digest(texts)}".encode()).hexdigest()[:24]

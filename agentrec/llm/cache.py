@@ -1,7 +1,7 @@
 """A generation cache on disk, so a rerun or a resumed run makes no repeated engine calls.
 
 One SQLite file (default ``$AGENTREC_CACHE/generations.sqlite``, i.e. ``~/.cache/agentrec``) maps a
-key to a :class:`~agentrec.engines.Generation`. The key is the sha256 of::
+key to a :class:`~agentrec.llm.engines.Generation`. The key is the sha256 of::
 
     {"model": engine fingerprint, "template": template digest, "chat": rendered messages,
      "params": sampling parameters}
@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agentrec.engines import Engine, EngineError, Generation, SamplingParams
+from agentrec.core.assets import cache_dir
+from agentrec.llm.engines import Engine, EngineError, Generation, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +42,6 @@ CREATE TABLE IF NOT EXISTS generations (
 
 
 def default_cache_path() -> Path:
-    from agentrec.assets import cache_dir
-
     return cache_dir() / CACHE_FILE
 
 
@@ -109,7 +108,7 @@ def cached_generate(engine: Engine, chats: list[list[dict]], params: SamplingPar
     """Generate for ``chats``, calling ``engine`` once for the chats the cache lacks.
 
     With ``cache=None`` every chat goes to the engine. Repeated chats in one batch are generated once.
-    When the engine fails part-way (:class:`~agentrec.engines.EngineError`), the generations it did
+    When the engine fails part-way (:class:`~agentrec.llm.engines.EngineError`), the generations it did
     return are stored before the error is raised again, so a rerun resumes where it stopped.
     """
     model = engine.fingerprint

@@ -17,7 +17,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from agentrec.errors import AgentrecError
+from agentrec.core.errors import AgentrecError
 
 logger = logging.getLogger(__name__)
 

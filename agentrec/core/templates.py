@@ -16,8 +16,8 @@ DEFAULT_ITEM_TEMPLATE = "item_text.jinja"
 
 def prompts_dir() -> Path:
     """The shipped templates: ``agentrec/prompts`` in a wheel, ``prompts/`` in a source checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "prompts", here.parent / "prompts"):
+    package = Path(__file__).resolve().parents[1]  # agentrec/
+    for candidate in (package / "prompts", package.parent / "prompts"):
         if (candidate / DEFAULT_ITEM_TEMPLATE).exists():
             return candidate
     raise FileNotFoundError("agentrec's prompt templates are missing from this installation")

@@ -1,6 +1,6 @@
-"""``agentrec signals ...``: LaMAR semantic signals (:mod:`agentrec.signals`), a thin typer layer.
+"""``agentrec signals ...``: LaMAR semantic signals (:mod:`agentrec.signals.signals`), a thin typer layer.
 
-Registered on the main app by :mod:`agentrec.cli`; heavy libraries are imported inside the commands.
+Registered on the main app by :mod:`agentrec.cli.main`; heavy libraries are imported inside the commands.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from agentrec.cli import (
+from agentrec.cli.main import (
     _EMBEDDER_HELP,
     ApiKeyOption,
     BaseUrlOption,
@@ -26,8 +26,8 @@ from agentrec.cli import (
     checked,
     user_errors,
 )
-from agentrec.options import COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, SEED, Names, OptionError, Range, Writable
-from agentrec.text import ITEM_FIELDS
+from agentrec.core.options import COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, SEED, Names, OptionError, Range, Writable
+from agentrec.core.templates import ITEM_FIELDS
 
 signals_app = typer.Typer(
     help="LaMAR semantic signals: generate per-item usage scenarios, intents and summaries with an LLM "
@@ -95,9 +95,9 @@ def signals_generate(
     """
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from agentrec.data.dataset import PreparedDataset
-    from agentrec.engines import EngineConfig, get_engine
-    from agentrec.prompting import validate_aspects
-    from agentrec.signals import SignalConfig, generate_signals, parse_aspects
+    from agentrec.llm.engines import EngineConfig, get_engine
+    from agentrec.llm.prompts import validate_aspects
+    from agentrec.signals.signals import SignalConfig, generate_signals, parse_aspects
 
     if limit is not None and items:
         raise ValueError("give --limit or --items, not both")
@@ -145,7 +145,7 @@ def signals_report(
       agentrec signals report signals/ml-100k-smollm2 --dedup --threshold 0.92
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from agentrec.signals import format_report, signal_report
+    from agentrec.signals.signals import format_report, signal_report
 
     _torch_threads(threads)
     target = (dedup_out or path.with_name(path.name + "-dedup")) if dedup or dedup_out else None
@@ -158,7 +158,7 @@ def load_signal_option(spec: str | None, dataset) -> tuple[dict | None, dict | N
     """``--signals`` of ``index build`` and ``train``: ``(signals for item_texts, description)`` or ``(None, None)``."""
     if not spec:
         return None, None
-    from agentrec.signals import load_signals
+    from agentrec.signals.signals import load_signals
 
     signals, info = load_signals(spec, dataset)
     typer.echo(f"signals: {', '.join(info['aspects'])} from {info['set']} "

@@ -5,7 +5,7 @@ fields with the field's name (``COUNT.check("epochs", 0)``) and raises :class:`O
 whoever knows how the user gave the value re-labels the error with :meth:`OptionError.as_typed`:
 the CLI as ``--epochs``, a config file as ``cfg.json: train.epochs``, ``--set`` as ``--set dropout``.
 
-This module is in the bottom layer: it imports nothing of agentrec but :mod:`agentrec.errors`.
+This module is in the bottom layer: it imports nothing of agentrec but :mod:`agentrec.core.errors`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from agentrec.errors import UsageError
+from agentrec.core.errors import UsageError
 
 
 class OptionError(UsageError):

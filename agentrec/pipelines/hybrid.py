@@ -1,6 +1,6 @@
 """Hybrid recommender: the LLM proposes candidates, a trained session model orders them.
 
-The LLM writes the next item's title (any strategy, any engine: :func:`agentrec.predict.predict`);
+The LLM writes the next item's title (any strategy, any engine: :func:`agentrec.pipelines.predict.predict`);
 the title's ``M`` nearest catalogue items in the Chroma index are the session's **candidates**; a
 trained session model (SemSR-F by default, but any run folder) scores every item of the catalogue,
 and its scores re-order the candidates. Fusion rules (:class:`HybridConfig`):
@@ -23,7 +23,7 @@ its Recall@M is the LLM's; with fill its Recall at large K approaches the model'
 
 Ranks follow :data:`PROTOCOL`. Example::
 
-    from agentrec.hybrid import HybridConfig, predict_hybrid
+    from agentrec.pipelines.hybrid import HybridConfig, predict_hybrid
     result = predict_hybrid("data/ml-100k", "runs/semsr-f", "fscot", k=20, limit=50, out="runs/hybrid.jsonl",
                             config=HybridConfig(candidates=50, fusion="blend", weight=0.3))
     print(result.describe())
@@ -40,6 +40,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from agentrec.core.metrics import chunk_rows, format_metrics, metrics_from_ranks
+from agentrec.data.dataset import PreparedDataset
+from agentrec.pipelines.predict import DEFAULT_GROUND_DISTANCE, predict
+from agentrec.training.runs import load_model
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +106,7 @@ def fuse(candidates: np.ndarray, distances: np.ndarray, model_scores: np.ndarray
         ``(ordered, fused)``: ``(B, M)`` candidate ids best first, padding last, and their fused
         scores (``-inf`` at padding). Ties keep the LLM's order (the sort is stable). A model score
         of NaN or ``+inf`` counts as the model's best (against the model, as ties do in
-        :mod:`agentrec.metrics`), ``-inf`` as its worst.
+        :mod:`agentrec.core.metrics`), ``-inf`` as its worst.
     """
     candidates = np.asarray(candidates, dtype=np.int64)
     valid = candidates > 0
@@ -137,7 +142,7 @@ def hybrid_ranks(candidates: np.ndarray, distances: np.ndarray, scores: np.ndarr
         item came from the candidates. A target among the candidates ranks at its position in the
         fused order; with fill, any other target ranks at ``c + 1 + #other items outside the
         candidates scoring >= it`` (``c``: the session's candidates; ties count against the model, as in
-        :mod:`agentrec.metrics`). A target whose model score is not finite ranks last (``N``) wherever
+        :mod:`agentrec.core.metrics`). A target whose model score is not finite ranks last (``N``) wherever
         it is, and another item scored NaN counts as a tie. The listed fill order breaks exact ties
         by the smaller item id.
     """
@@ -182,7 +187,6 @@ def model_scores(model, samples, rows: np.ndarray, *, memory_budget_mb: float = 
     """``(len(rows), N + 1)`` float32 scores of the whole catalogue for ``samples[rows]``, column 0 ``-inf``."""
     import torch
 
-    from agentrec.metrics import chunk_rows
 
     rows = np.asarray(rows, dtype=np.int64)
     out = None
@@ -198,7 +202,7 @@ def model_scores(model, samples, rows: np.ndarray, *, memory_budget_mb: float = 
 
 
 def read_candidates(path: str | Path, m: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """The grounded lists that :func:`agentrec.predict.predict` wrote to ``path``.
+    """The grounded lists that :func:`agentrec.pipelines.predict.predict` wrote to ``path``.
 
     Returns:
         ``(candidates, distances, records)``: ``(n, m)`` ids (0-padded), ``(n, m)`` distances
@@ -241,8 +245,6 @@ class HybridResult:
         return data
 
     def describe(self) -> str:
-        from agentrec.metrics import format_metrics
-
         ks = tuple(sorted({min(10, self.k), self.k}))
         llm_line = (f"LLM alone on the same sessions (top-{self.llm.k}): "
                     + ", ".join(f"{key} {100 * value:.2f}" for key, value in self.llm.metrics.items()))
@@ -270,10 +272,10 @@ def predict_hybrid(dataset, run: str | Path, strategy: str = "fscot", engine=Non
 
     Args:
         dataset: a PreparedDataset or its folder; it must be the one ``run`` was trained on
-            (:class:`~agentrec.runs.DatasetMismatchError` otherwise, raised before anything is generated).
+            (:class:`~agentrec.training.runs.DatasetMismatchError` otherwise, raised before anything is generated).
         run: a run folder written by ``agentrec train`` (any model; SemSR-F is the intended one).
         strategy, engine, limit, split, engine_config, prompts, generation, index, embedder, store,
-            chroma_host, cache, ground_distance, progress: as in :func:`agentrec.predict.predict`.
+            chroma_host, cache, ground_distance, progress: as in :func:`agentrec.pipelines.predict.predict`.
         k: length of the listed top-K; metrics at 10 (when K > 10) and K.
         out: JSON-lines file, one line per session (the fused top-K with each item's source, model
             score and, for candidates, distance); the LLM-only lines go beside it as ``*.llm.jsonl``.
@@ -282,10 +284,6 @@ def predict_hybrid(dataset, run: str | Path, strategy: str = "fscot", engine=Non
     Returns:
         A :class:`HybridResult`; ``result.llm`` holds the LLM-only result with top-M lists.
     """
-    from agentrec.data.dataset import PreparedDataset
-    from agentrec.metrics import chunk_rows, metrics_from_ranks
-    from agentrec.predict import DEFAULT_GROUND_DISTANCE, predict
-    from agentrec.runs import load_model
 
     started = time.perf_counter()
     config = config or HybridConfig()

@@ -1,7 +1,7 @@
 """Typed settings from three places, one precedence: command-line flag > config file > default.
 
 Every value is range-checked when its dataclass is made, before any work; an out-of-range value is an
-:class:`~agentrec.options.OptionError` naming it as the user gave it: ``cfg.json: train.epochs`` for a
+:class:`~agentrec.core.options.OptionError` naming it as the user gave it: ``cfg.json: train.epochs`` for a
 config-file value, ``--set dropout`` for a model setting, and the field name for a flag (the CLI spells
 it ``--epochs``).
 """
@@ -13,8 +13,8 @@ import json
 import typing
 from pathlib import Path
 
-from agentrec.errors import NotFoundError, UsageError
-from agentrec.options import COUNT, DROPOUT, POSITIVE, OptionError
+from agentrec.core.errors import NotFoundError, UsageError
+from agentrec.core.options import COUNT, DROPOUT, POSITIVE, OptionError
 
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -75,13 +75,6 @@ def merge_into(cls, defaults_from: dict, flags: dict, *, where: str, source: str
         raise
 
 
-def build_train_config(config_path, flags: dict):
-    from agentrec.training import TrainConfig
-
-    section = read_config_file(config_path).get("train", {})
-    return merge_into(TrainConfig, section, flags, where="train settings", source=f"{config_path}: train")
-
-
 def check_model_config(config) -> None:
     """Range-check a model's settings by their kind, so every model's Config is covered as it is written.
 
@@ -120,28 +113,3 @@ def parse_setting(text: str, cls) -> tuple[str, object]:
     except (ValueError, json.JSONDecodeError):
         raise OptionError(f"--set {name}", f"takes {getattr(kind, '__name__', kind)}, got {raw!r}",
                           typed=True) from None
-
-
-def build_model_config(name: str, config_path=None, *, embedding_size: int | None = None, settings=()):
-    """Model ``name``'s Config from the config file, ``--set NAME=VALUE`` and ``--embedding-size``, range-checked.
-
-    Needs no dataset, so a bad value is found before any data is read.
-    """
-    from agentrec.models import model_class
-
-    cls = model_class(name)
-    section = read_config_file(config_path).get("model", {})
-    flags = dict(parse_setting(s, cls.Config) for s in settings)
-    spelled = {setting: f"--set {setting}" for setting in flags}
-    if embedding_size is not None:
-        flags["embedding_size"] = embedding_size
-        spelled.pop("embedding_size", None)  # the flag wins over --set: name the flag
-    return merge_into(cls.Config, section, flags, where=f"{name} settings", source=f"{config_path}: model",
-                      spelled=spelled, check=check_model_config)
-
-
-def build_model(name: str, dataset, config_path=None, *, embedding_size: int | None = None, settings=()):
-    from agentrec.models import model_class
-
-    model_config = build_model_config(name, config_path, embedding_size=embedding_size, settings=settings)
-    return model_class(name)(dataset.n_items, model_config)
