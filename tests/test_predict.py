@@ -23,7 +23,8 @@ from test_prompting import toy_movies
 from agentrec.llm.cache import GenerationCache
 from agentrec.llm.engines import EngineError, Generation
 from agentrec.llm.prompts import PromptConfig
-from agentrec.pipelines.predict import PROTOCOL, GenerationConfig, parse_title, predict
+from agentrec.llm.titles import parse_title
+from agentrec.pipelines.predict import PROTOCOL, GenerationConfig, predict
 
 pytestmark = [pytest.mark.filterwarnings("ignore:legacy embedding function config:DeprecationWarning"),
               pytest.mark.usefixtures("one_torch_thread")]

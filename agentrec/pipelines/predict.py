@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from agentrec.data.dataset import PreparedDataset
 from agentrec.llm.cache import GenerationCache, cached_generate
 from agentrec.llm.engines import Engine, EngineConfig, SamplingParams, get_engine
 from agentrec.llm.prompts import PromptBuilder, PromptConfig, chat_digest, validate_strategy
+from agentrec.llm.titles import normalise_title, parse_title
 from agentrec.retrieval.index import CatalogueIndex
 
 logger = logging.getLogger(__name__)
@@ -50,101 +50,6 @@ PROTOCOL = ("LLM title grounded in the catalogue: the parsed title's K nearest i
             "(Chroma HNSW over item-text embeddings) are the ranked list; rank = the target's position in it; "
             "a target outside the list, or an output with no parseable title, is a miss; history items allowed")
 DEFAULT_GROUND_DISTANCE = 0.4  # a parsed title farther than this from every item counts as ungrounded
-
-
-# ================================================================================================ parsing
-# "Title:", "Next Movie Title:", "Answer:", "Recommendation:", "Prediction:", "Movie:" ... and what follows
-# and "The next movie is:", "My recommendation would be" ...
-_MARKER = re.compile(r"\b(?:(?:title|answer|recommendation|recommended\s+\w+|prediction|movie|product|item)\s*[:：]"
-                     r"|(?:next\s+(?:\w+\s+){0,2}|recommendation\s+|prediction\s+|answer\s+)"
-                     r"(?:is|would\s+be|will\s+be|could\s+be)\b[:：]?)",
-                     re.IGNORECASE)
-_BULLET = re.compile(r"^\s*(?:[-*•>]+|\d{1,2}\s*[.)]|\(\d{1,2}\)|#+)\s*")
-_SESSION_LABEL = re.compile(r"session\s*[:：]\s*", re.IGNORECASE)
-_REFUSAL = re.compile(r"^(?:i'?m sorry|i am sorry|sorry\b|i cannot|i can'?t|as an ai)", re.IGNORECASE)
-_DOUBLE_QUOTED = re.compile(r"[\"“”«»](.+?)[\"“”«»]")
-_SINGLE_QUOTED = re.compile(r"^['‘’`](.+?)['‘’`](?=\s|$|[.,;:!?)])")
-_SINGLE_QUOTED_INSIDE = re.compile(r"(?<!\w)['‘`](.+?)['’`](?!\w)")  # not an apostrophe: "movie's"
-_EXPLANATION = re.compile(
-    # (?<!\s) anchors a whitespace run at its start: without it a long run of spaces is quadratic
-    r"(?:(?<!\s)\s+because\b|(?<!\s)\s+(?:since|which is|which was|due to|given that)\b"
-    r"|(?:[,;:]|\s[-–—])\s*(?:because|since|as|which|this|it|that|the customer|they|based|given|due)\b"
-    r"|\s\((?:because|since|as|this|it|which|based)\b).*$",
-    re.IGNORECASE | re.DOTALL,
-)
-_SENTENCE_END = re.compile(r"\.\s+(?=[A-Z])")
-_DOTTED_END = re.compile(r"(?<![\w.])(?:\w\.){2,}$")  # a title ending in "L.A.", "U.S.A."
-_ABBREVIATIONS = {"dr", "mr", "mrs", "ms", "st", "jr", "sr", "vs", "vol", "no", "pt", "ft", "mt", "co", "inc"}
-
-
-def parse_title(text: str | None, *, max_chars: int = 200) -> str | None:
-    """The item title in an LLM's output, or None when there is none.
-
-    Handles: a ``Title:``-style prefix (``Next Movie Title:``, ``Answer:``...; the title may be on
-    the next line), list numbering and bullets, markdown emphasis, quotes around the title (or a
-    quoted title inside a sentence), explanations after the title (``..., because ...``, a second
-    sentence), preamble lines that end with a colon, code fences, refusals, and empty or runaway
-    output (longer than ``max_chars`` after cleaning).
-    """
-    if not text or not text.strip():
-        return None
-    text = text.replace("\r", "")
-    marker = _MARKER.search(text)
-    if marker:
-        lines = text[marker.end() :].split("\n")
-    else:
-        lines = text.split("\n")
-    candidate = None
-    for line in lines:
-        line = line.strip()
-        if not line or line.startswith("```") or (line.endswith(":") and not marker):
-            continue  # blank, a code fence, or a preamble ("Here is my prediction:")
-        candidate = line
-        break
-    if candidate is None:
-        return None
-    title = _clean_title(candidate)
-    if not title or len(title) > max_chars or not re.search(r"\w", title) or _REFUSAL.match(title):
-        return None
-    return title
-
-
-def _clean_title(line: str) -> str:
-    line = line.replace("**", "").replace("__", "").strip()
-    line = _BULLET.sub("", line).strip()
-    inner = _MARKER.match(line) or _SESSION_LABEL.match(line)  # "1. Title: X", an echoed "Session: 'X', ..."
-    if inner:
-        line = line[inner.end() :].strip()
-    quoted = _SINGLE_QUOTED.match(line) or _DOUBLE_QUOTED.search(line) or _SINGLE_QUOTED_INSIDE.search(line)
-    if quoted and len(quoted.group(1).strip()) >= 2:
-        line = quoted.group(1)
-    else:
-        line = _EXPLANATION.sub("", line)
-        line = _first_sentence(line)
-    line = line.strip().strip("\"'“”‘’`«»*").strip()
-    end = line.rstrip(",;:!-–— ").strip()
-    if _DOTTED_END.search(end):  # "Escape from L.A.": that full stop is part of the title
-        return end
-    return end.rstrip(".,;:!-–— ").strip()
-
-
-def _first_sentence(line: str) -> str:
-    """Cut at the first full stop that ends a sentence (not "Dr. Strangelove", not "L.A. Confidential")."""
-    for match in _SENTENCE_END.finditer(line):
-        before = line[: match.start()].rsplit(None, 1)[-1] if line[: match.start()].strip() else ""
-        word = before.rstrip(".").lower()
-        if word in _ABBREVIATIONS or len(word) <= 1 or "." in before:
-            continue
-        return line[: match.start()]
-    return line
-
-
-def _normalise(title: str) -> str:
-    """Lower case, no year in brackets, a trailing article moved to the front ("Godfather, The" is
-    "the godfather"), letters and digits only: for exact-title comparison."""
-    title = re.sub(r"\(\d{4}\)", " ", title.lower()).strip()
-    title = re.sub(r"^(.*),\s*(the|a|an)$", r"\2 \1", title)
-    return " ".join(re.findall(r"\w+", title))
 
 
 # ================================================================================================ settings
@@ -354,7 +259,7 @@ def predict(dataset, strategy: str = "fs", engine: Engine | str | None = None, *
                     for i, d in zip(ids, distances) if i > 0]
         if not top[row] or top[row][0]["distance"] > ground_distance:
             result.ungrounded += 1
-        elif _normalise(top[row][0]["title"]) == _normalise(titles[row]):
+        elif normalise_title(top[row][0]["title"]) == normalise_title(titles[row]):
             result.exact_titles += 1
     result.unparseable = n - len(parsed)
     result.ranks = ranks
