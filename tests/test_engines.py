@@ -23,21 +23,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from agentrec.core.errors import UsageError
+from agentrec.llm import ENGINES, EngineConfig, EngineError, Generation, SamplingParams, get_engine
+from agentrec.llm.base import cut_at_stop, end_of_turn_ids
 from agentrec.llm.cache import GenerationCache, cached_generate
-from agentrec.llm.engines import (
-    ENGINES,
-    EngineConfig,
-    EngineError,
-    Generation,
-    LangChainEngine,
-    OpenAIEngine,
-    SamplingParams,
-    cut_at_stop,
-    end_of_turn_ids,
-    get_engine,
-    import_vllm,
-    normalise_base_url,
-)
+from agentrec.llm.langchain import LangChainEngine
+from agentrec.llm.openai import OpenAIEngine, normalise_base_url
+from agentrec.llm.vllm import import_vllm
 
 PARAMS = SamplingParams(max_new_tokens=12)
 
@@ -381,7 +373,7 @@ def fake_vllm(on_cpu: bool):
 
 @pytest.mark.parametrize("on_cpu", [False, True])
 def test_vllm_engine_one_batched_chat_call_with_llama3_stops(monkeypatch, on_cpu):
-    from agentrec.llm.engines import VLLMEngine
+    from agentrec.llm.vllm import VLLMEngine
 
     module, platforms = fake_vllm(on_cpu)
     monkeypatch.setitem(sys.modules, "vllm", module)
@@ -403,7 +395,8 @@ def test_vllm_engine_one_batched_chat_call_with_llama3_stops(monkeypatch, on_cpu
 
 def test_factory_table():
     assert set(ENGINES) == {"hf", "openai", "langchain", "vllm"}
-    with pytest.raises(ValueError, match="unknown engine 'llama'; choose one of hf, openai, langchain, vllm"):
+    unknown = "--engine 'llama': unknown engine; choose one of hf, openai, langchain, vllm"
+    with pytest.raises(UsageError, match=unknown):
         get_engine("llama")
     with pytest.raises(ValueError, match="base URL"):
         get_engine("openai")
@@ -414,7 +407,9 @@ def test_factory_table():
 def test_import_stays_light():
     import subprocess
 
-    code = ("import sys, agentrec.llm.engines, agentrec.llm.cache, agentrec.llm.prompts, agentrec.pipelines.predict\n"
+    # every engine module too: its library is imported when the engine is made, not with the module
+    code = ("import sys, agentrec.llm, agentrec.llm.base, agentrec.llm.cache, agentrec.llm.prompts, agentrec.llm.hf, "
+            "agentrec.llm.openai, agentrec.llm.langchain, agentrec.llm.vllm, agentrec.pipelines.predict\n"
             "print(','.join(m for m in ('torch', 'transformers', 'vllm', 'openai', 'langchain_core', 'chromadb')"
             " if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -485,7 +480,7 @@ _HF = {}
 def hf_engine():
     """One SmolLM2 engine for the module, one torch thread (loads in ~10-30 s the first time)."""
     if "engine" not in _HF:
-        from agentrec.llm.engines import HFEngine
+        from agentrec.llm.hf import HFEngine
 
         _HF["engine"] = HFEngine("smollm2", device="cpu", batch_size=4, threads=1)
     return _HF["engine"]

@@ -165,6 +165,13 @@ def test_predict_hybrid_reranks_real_llm_candidates_with_a_real_model(toy, index
     assert records[2]["title"] is None and all(i["source"] == "model" for i in records[2]["top_k"])
     # exact Toy Story answer: the target is a candidate, so the hybrid keeps it within the first three
     assert records[0]["llm_rank"] == 1 and records[0]["rank"] <= 3
+    # the hybrid took the LLM's candidates in memory (the same arrays as its lines); without out, no file at all
+    held_ids, held_distances = result.llm.candidates.head(3)
+    assert np.array_equal(held_ids, candidates) and np.array_equal(held_distances, distances)
+    quiet = predict_hybrid(toy, niser_run, "fs", ScriptedEngine(), k=5, config=config, index=index, cache=False)
+    assert quiet.out is None and quiet.llm.out is None and np.array_equal(quiet.ranks, result.ranks)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["hybrid.jsonl", "hybrid.llm.jsonl",
+                                                                "hybrid.llm.summary.json", "hybrid.summary.json"]
 
 
 def test_a_run_from_another_dataset_is_refused_before_the_llm_runs(toy, niser_run, tmp_path):

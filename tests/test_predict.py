@@ -20,8 +20,8 @@ import pytest
 from test_engines import FakeOpenAIServer
 from test_prompting import toy_movies
 
+from agentrec.llm import EngineError, Generation
 from agentrec.llm.cache import GenerationCache
-from agentrec.llm.engines import EngineError, Generation
 from agentrec.llm.prompts import PromptConfig
 from agentrec.llm.titles import parse_title
 from agentrec.pipelines.predict import PROTOCOL, GenerationConfig, predict
@@ -179,6 +179,26 @@ def test_predict_grounds_titles_and_measures_known_answers(toy, index, tmp_path)
 
 
 @pytest.mark.integration
+def test_the_candidates_in_memory_are_the_lines_written(toy, index, tmp_path):
+    from agentrec.pipelines.hybrid import read_candidates
+
+    result = predict(toy, "fs", ScriptedEngine(), k=3, out=tmp_path / "fs.jsonl", index=index, cache=False)
+    ids, distances, records = read_candidates(tmp_path / "fs.jsonl", 3)
+    found = result.candidates
+    assert np.array_equal(found.item_ids, ids) and np.array_equal(found.distances, distances)  # bit for bit
+    assert found.titles == [r["title"] for r in records] and found.raw == [r["raw"] for r in records]
+    assert found.tokens.tolist() == [[r["tokens_in"], r["tokens_out"]] for r in records]
+    assert found.titles[2] is None and (found.item_ids[2] == 0).all() and np.isinf(found.distances[2]).all()
+    assert found.head(5)[0].shape == (4, 5) and (found.head(5)[0][:, 3:] == 0).all()  # padded as read_candidates
+    # written aside and renamed into place: no temporary file is left; the summary has no arrays
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["fs.jsonl", "fs.summary.json"]
+    assert "candidates" not in json.loads((tmp_path / "fs.summary.json").read_text())
+    quiet = predict(toy, "fs", ScriptedEngine(), k=3, index=index, cache=False)  # no out: nothing written
+    assert quiet.out is None and np.array_equal(quiet.candidates.item_ids, ids) and np.array_equal(quiet.ranks,
+                                                                                                  result.ranks)
+
+
+@pytest.mark.integration
 def test_rerun_makes_no_engine_calls(toy, index, tmp_path):
     cache = GenerationCache(tmp_path / "gen.sqlite")
     first_engine, second_engine = ScriptedEngine(), ScriptedEngine()
@@ -293,7 +313,7 @@ def test_cli_errors_are_one_line(toy, tmp_path):
 # ---------------------------------------------------------------------------------------------- real SmolLM2
 @pytest.mark.integration
 def test_predict_with_smollm2_on_two_sessions(toy, index, tmp_path):
-    from agentrec.llm.engines import HFEngine
+    from agentrec.llm.hf import HFEngine
 
     engine = HFEngine("smollm2", device="cpu", threads=1)
     result = predict(toy, "fs", engine, k=3, limit=2, index=index, out=tmp_path / "smol.jsonl", cache=False,

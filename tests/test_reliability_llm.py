@@ -28,7 +28,9 @@ from test_prompting import toy_movies
 
 from agentrec.core.errors import DataFormatError, NotFoundError, ServiceError, UsageError
 from agentrec.core.templates import prompts_dir
-from agentrec.llm.engines import EngineError, Generation, OpenAIEngine, PromptTooLongError, SamplingParams
+from agentrec.llm import EngineError, Generation, SamplingParams
+from agentrec.llm.base import PromptTooLongError
+from agentrec.llm.openai import OpenAIEngine
 from agentrec.llm.prompts import PromptBuilder, PromptConfig, cut_text, validate_aspects, validate_templates
 
 HUGE_TITLE = "The Endless Film " + "épique 🎬 saga " * 7000  # ~100 KB of UTF-8, non-ASCII: many tokens a word
@@ -81,7 +83,7 @@ _SMOL = {}
 def smollm2():
     """The shipped SmolLM2 through the hf engine; counting and the context need only its tokenizer and config."""
     if "engine" not in _SMOL:
-        from agentrec.llm.engines import HFEngine
+        from agentrec.llm.hf import HFEngine
 
         _SMOL["engine"] = HFEngine("smollm2", device="cpu", batch_size=2, threads=1)
     return _SMOL["engine"]
@@ -125,7 +127,7 @@ def test_a_100kb_title_fits_smollm2s_context(huge_toy):
 
 
 def test_hf_engine_refuses_a_prompt_over_its_context_before_loading_weights():
-    from agentrec.llm.engines import HFEngine
+    from agentrec.llm.hf import HFEngine
 
     engine = HFEngine("smollm2", device="cpu", context_tokens=64)
     chat = [{"role": "user", "content": "Heat " * 100}]
@@ -205,7 +207,7 @@ def test_vllm_engine_refuses_a_prompt_over_max_model_len(monkeypatch):
 
     from test_engines import fake_vllm
 
-    from agentrec.llm.engines import EngineConfig, get_engine
+    from agentrec.llm import EngineConfig, get_engine
 
     module, platforms = fake_vllm(on_cpu=False)
     monkeypatch.setitem(sys.modules, "vllm", module)
@@ -246,7 +248,8 @@ def test_predict_counts_and_reports_the_cuts(huge_toy, tmp_path):
 
 
 def test_signals_generate_counts_the_cuts(huge_toy, tmp_path):
-    from agentrec.signals.signals import SignalConfig, SignalSet, generate_signals
+    from agentrec.signals.generate import SignalConfig, generate_signals
+    from agentrec.signals.store import SignalSet
 
     engine = WordEngine(4096)
     config = SignalConfig(aspects=("usage", "intent"), max_new_tokens=8, retries=0)
@@ -261,7 +264,8 @@ def test_signals_generate_counts_the_cuts(huge_toy, tmp_path):
 
 @pytest.mark.integration
 def test_signals_generate_with_smollm2_finishes_on_a_100kb_title(huge_toy, tmp_path):
-    from agentrec.signals.signals import SignalConfig, SignalSet, generate_signals
+    from agentrec.signals.generate import SignalConfig, generate_signals
+    from agentrec.signals.store import SignalSet
 
     config = SignalConfig(aspects=("summary",), max_new_tokens=4, retries=0)
     result = generate_signals(huge_toy, tmp_path / "s", smollm2(), config=config, item_ids=[HUGE_ITEM])
@@ -378,7 +382,7 @@ def test_every_shipped_template_passes_its_own_check():
 
 
 def test_signals_generate_checks_its_templates_before_the_engine(tmp_path, toy):
-    from agentrec.signals.signals import SignalConfig, generate_signals
+    from agentrec.signals.generate import SignalConfig, generate_signals
 
     folder = own_templates(tmp_path, "aspect_summary.jinja", "{% block user %}", "{% block user %}{% if %}")
     config = SignalConfig(aspects=("summary",), prompts=str(folder))
@@ -391,13 +395,13 @@ def test_signals_generate_checks_its_templates_before_the_engine(tmp_path, toy):
 def test_cli_refuses_a_broken_template_before_making_the_engine(tmp_path, toy, monkeypatch, command):
     from typer.testing import CliRunner
 
-    import agentrec.llm.engines
+    import agentrec.llm
     from agentrec.cli.main import app
 
     def no_engine(*args, **kwargs):
         raise AssertionError("the engine was made before the templates were checked")
 
-    monkeypatch.setattr(agentrec.llm.engines, "get_engine", no_engine)
+    monkeypatch.setattr(agentrec.llm, "get_engine", no_engine)
     if command == "predict":
         folder = own_templates(tmp_path, "fs.jinja", "{% for item in session %}", "{% for item in [] %}")
         args = ["predict", "--strategy", "fs", "--data", str(toy.path), "--out", str(tmp_path / "x.jsonl"),

@@ -35,7 +35,7 @@ def data(tmp_path_factory):
 def no_work(monkeypatch):
     """Record (and stop) any start of real work; the test asserts the record stays empty."""
     import agentrec.data.api
-    import agentrec.llm.engines
+    import agentrec.llm
     import agentrec.pipelines.compare
     import agentrec.training.trainer
     from agentrec.data.dataset import PreparedDataset
@@ -52,7 +52,7 @@ def no_work(monkeypatch):
     monkeypatch.setattr(PreparedDataset, "load", staticmethod(recorder("dataset read")))
     monkeypatch.setattr(agentrec.data.api, "load_source", recorder("source loaded"))
     monkeypatch.setattr(agentrec.training.trainer, "train_model", recorder("training"))
-    monkeypatch.setattr(agentrec.llm.engines, "get_engine", recorder("engine made"))
+    monkeypatch.setattr(agentrec.llm, "get_engine", recorder("engine made"))
     monkeypatch.setattr(agentrec.pipelines.compare, "run_compare", recorder("compare run"))
     return started
 

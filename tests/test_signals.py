@@ -23,25 +23,26 @@ import pytest
 from test_prompting import toy_movies
 
 from agentrec.core.templates import prompts_dir
-from agentrec.llm.engines import HFEngine
-from agentrec.signals.signals import (
-    STATUS_EMPTY,
-    STATUS_OK,
-    SignalConfig,
-    SignalSet,
-    SignalSetMismatchError,
-    build_manifest,
+from agentrec.llm.hf import HFEngine
+from agentrec.signals.cleaning import clean_signal
+from agentrec.signals.generate import SignalConfig, generate_signals
+from agentrec.signals.report import (
     category_repetitiveness,
-    clean_signal,
     dedup_keep,
     distinct_n,
-    generate_signals,
-    load_signals,
     max_other_similarity,
     near_duplicate_rate,
     novelty,
-    parse_signal_spec,
     signal_report,
+)
+from agentrec.signals.store import (
+    STATUS_EMPTY,
+    STATUS_OK,
+    SignalSet,
+    SignalSetMismatchError,
+    build_manifest,
+    load_signals,
+    parse_signal_spec,
 )
 
 TINY = dict(max_new_tokens=6, retries=0)  # bookkeeping tests: a few tokens are enough
@@ -355,7 +356,7 @@ def test_empty_outputs_are_retried_then_counted(toy, engine, tmp_path):
 
 
 def test_an_engine_failure_keeps_the_finished_signals(toy, engine, tmp_path):
-    from agentrec.llm.engines import EngineError
+    from agentrec.llm import EngineError
 
     class FailsOnHeat(Counting):
         """The real engine; then the chat about Heat 'fails for good' (a server error cannot be had here)."""

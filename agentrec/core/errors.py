@@ -55,3 +55,7 @@ class ServiceError(AgentrecError, RuntimeError):
 
 class TrainingDivergedError(AgentrecError, RuntimeError):
     """Training produced a non-finite loss or non-finite weights (lower the learning rate)."""
+
+
+class LockedError(AgentrecError, RuntimeError):
+    """Another process holds the lock of a store this one would write (a signal set being generated)."""

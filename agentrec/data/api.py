@@ -6,6 +6,7 @@ import inspect
 import logging
 from pathlib import Path
 
+from agentrec.core.errors import UsageError
 from agentrec.data import protocols as P
 from agentrec.data.dataset import PreparedDataset, check_output_folder
 from agentrec.data.prepare import prepare
@@ -19,11 +20,11 @@ def make_protocol(name: str, **options):
     try:
         cls = P.PROTOCOLS[name]
     except KeyError:
-        raise ValueError(f"unknown protocol {name!r}; choose one of: {', '.join(P.PROTOCOLS)}") from None
+        raise UsageError(f"unknown protocol {name!r}; choose one of: {', '.join(P.PROTOCOLS)}") from None
     accepted = {f for f in inspect.signature(cls).parameters}
     unknown = sorted(set(options) - accepted)
     if unknown:
-        raise ValueError(f"protocol {name!r} takes no option {', '.join(unknown)}; it takes {', '.join(sorted(accepted))}")
+        raise UsageError(f"protocol {name!r} takes no option {', '.join(unknown)}; it takes {', '.join(sorted(accepted))}")
     return cls(**options)
 
 
@@ -32,12 +33,12 @@ def load_source(name: str, source: str | Path | None = None, *, skip_bad: bool =
     spec = SOURCES.get(name)
     loader = get_loader(name)
     if spec.needs_source and source is None:
-        raise ValueError(f"dataset {name!r} needs --source: {spec.help}")
+        raise UsageError(f"dataset {name!r} needs --source: {spec.help}")
     accepted = set(inspect.signature(loader).parameters)
     given = {k: v for k, v in options.items() if v is not None}
     unused = sorted(set(given) - accepted)
     if unused:
-        raise ValueError(f"dataset {name!r} takes no option {', '.join('--' + u.replace('_', '-') for u in unused)}")
+        raise UsageError(f"dataset {name!r} takes no option {', '.join('--' + u.replace('_', '-') for u in unused)}")
     passed = given
     return loader(source, skip_bad=skip_bad, **passed) if source is not None else loader(skip_bad=skip_bad, **passed)
 

@@ -200,7 +200,7 @@ class PreparedDataset:
 
     def split(self, name: str) -> Samples:
         if name not in SPLITS:
-            raise ValueError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
+            raise UsageError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
         return getattr(self, name)
 
     def titles(self) -> list[str]:
@@ -493,18 +493,18 @@ def _items_frame(lines, path: Path) -> pd.DataFrame:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{line_no}: not valid JSON ({error.msg})") from None
+            raise DamagedFileError(f"{path}:{line_no}: not valid JSON ({error.msg})") from None
         if not isinstance(row, dict) or not isinstance(row.get("item_id"), int):
-            raise ValueError(f"{path}:{line_no}: not an item object with an integer item_id")
+            raise DamagedFileError(f"{path}:{line_no}: not an item object with an integer item_id")
         rows.append(row)
     items = pd.DataFrame(rows)
     if "year" in items:
         try:
             items["year"] = pd.array(items["year"], dtype="Int64")  # JSON nulls would make it float
         except (TypeError, ValueError):
-            raise ValueError(f"{path}: a 'year' is not an integer") from None
+            raise DamagedFileError(f"{path}: a 'year' is not an integer") from None
     if len(items) and not (items["item_id"].to_numpy() == np.arange(1, len(items) + 1)).all():
-        raise ValueError(f"{path}: item ids must be 1..{len(items)} in order")
+        raise DamagedFileError(f"{path}: item ids must be 1..{len(items)} in order")
     return items
 
 

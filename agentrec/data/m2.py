@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from agentrec.core.errors import UsageError
 from agentrec.data.raw import (
     BadValue,
     DataFormatError,
@@ -77,7 +78,7 @@ def load_m2(source: str | Path, *, locale: str = "UK", skip_bad: bool = False) -
     """
     locale = locale.upper()
     if locale not in LOCALES:
-        raise ValueError(f"unknown M2 locale {locale!r}; choose one of {', '.join(LOCALES)}")
+        raise UsageError(f"unknown M2 locale {locale!r}; choose one of {', '.join(LOCALES)}")
     folder = require_path(source, want="folder",
                           takes=f"the M2 task-1 folder holding {SESSIONS_FILE} and {PRODUCTS_FILE}")
     sessions_path = _find(folder, SESSIONS_FILE)

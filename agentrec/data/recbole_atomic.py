@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from agentrec.core.assets import cache_dir, extract_from_wheel, fetch_wheel, installed_package_dir
+from agentrec.core.errors import UsageError
 from agentrec.data.raw import (
     BadValue,
     DataFormatError,
@@ -291,7 +292,7 @@ def recbole_example_dir(dataset: str = "ml-100k") -> Path:
 def load_ml100k(source: str | Path | None = None, *, skip_bad: bool = False) -> RawData:
     """MovieLens-100K: from ``source`` (a RecBole folder or wheel) or from the RecBole wheel."""
     if source is not None and str(source).endswith(".whl"):
-        raise ValueError("pass the folder holding the wheel, or the extracted ml-100k folder, as --source")
+        raise UsageError("pass the folder holding the wheel, or the extracted ml-100k folder, as --source")
     folder = Path(source) if source is not None else recbole_example_dir("ml-100k")
     raw = load_recbole(folder, name="ml-100k", skip_bad=skip_bad)
     raw.name = "ml-100k"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
+from agentrec.core.errors import UsageError
+
 
 @dataclass(frozen=True)
 class SourceSpec:
@@ -38,6 +40,6 @@ def get_loader(name: str):
     try:
         spec = SOURCES[name]
     except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(SOURCES)}") from None
+        raise UsageError(f"unknown dataset {name!r}; choose one of: {', '.join(SOURCES)}") from None
     module, function = spec.loader.split(":")
     return getattr(importlib.import_module(module), function)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from agentrec.core.errors import UsageError
 from agentrec.data.raw import RawData
 
 logger = logging.getLogger(__name__)
@@ -145,11 +146,11 @@ def load_synthetic(
     """
     del skip_bad  # uniform loader signature; a generator has no bad lines
     if source is not None:
-        raise ValueError("the synthetic source reads no files; drop --source and use --items/--sessions/--seed")
+        raise UsageError("the synthetic source reads no files; drop --source and use --items/--sessions/--seed")
     if sessions is None:
         sessions = min(2 * items, DEFAULT_MAX_SESSIONS)
     if items < 1 or sessions < 1:
-        raise ValueError(f"need at least one item and one session, got items={items} sessions={sessions}")
+        raise UsageError(f"need at least one item and one session, got items={items} sessions={sessions}")
     rng = np.random.default_rng(seed)
     catalogue = _catalogue(rng, items)
     events = _sessions(rng, catalogue, sessions)

@@ -1,7 +1,7 @@
 """A generation cache on disk, so a rerun or a resumed run makes no repeated engine calls.
 
 One SQLite file (default ``$AGENTREC_CACHE/generations.sqlite``, i.e. ``~/.cache/agentrec``) maps a
-key to a :class:`~agentrec.llm.engines.Generation`. The key is the sha256 of::
+key to a :class:`~agentrec.llm.base.Generation`. The key is the sha256 of::
 
     {"model": engine fingerprint, "template": template digest, "chat": rendered messages,
      "params": sampling parameters}
@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agentrec.core.assets import cache_dir
-from agentrec.llm.engines import Engine, EngineError, Generation, SamplingParams
+from agentrec.core.errors import ServiceError
+from agentrec.llm.base import Engine, EngineError, Generation, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def cached_generate(engine: Engine, chats: list[list[dict]], params: SamplingPar
     """Generate for ``chats``, calling ``engine`` once for the chats the cache lacks.
 
     With ``cache=None`` every chat goes to the engine. Repeated chats in one batch are generated once.
-    When the engine fails part-way (:class:`~agentrec.llm.engines.EngineError`), the generations it did
+    When the engine fails part-way (:class:`~agentrec.llm.base.EngineError`), the generations it did
     return are stored before the error is raised again, so a rerun resumes where it stopped.
     """
     model = engine.fingerprint
@@ -132,7 +133,7 @@ def cached_generate(engine: Engine, chats: list[list[dict]], params: SamplingPar
             raise
         seconds = time.perf_counter() - started
         if len(made) != len(missing):
-            raise RuntimeError(f"engine {engine.name} returned {len(made)} generations for {len(missing)} chats")
+            raise ServiceError(f"engine {engine.name} returned {len(made)} generations for {len(missing)} chats")
         new = dict(zip(missing, made))
         if cache is not None:
             cache.put_many(model, list(new.items()))

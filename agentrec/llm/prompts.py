@@ -70,7 +70,7 @@ import numpy as np
 
 from agentrec.core.errors import DataFormatError, NotFoundError, UsageError
 from agentrec.core.templates import ITEM_FIELDS, _value, environment, load_template, prompts_dir, template_source
-from agentrec.llm.engines import estimate_chat_tokens, estimate_tokens
+from agentrec.llm.base import estimate_chat_tokens, estimate_tokens
 
 ROLES = ("system", "user")  # chat roles a template may define, in message order
 _TURN_BLOCK = re.compile(r"(user|assistant)_([1-9][0-9]*)")  # demonstration turns, between system and user
@@ -107,7 +107,7 @@ STRATEGIES: dict[str, Strategy] = {
 
 def get_strategy(name: str) -> Strategy:
     if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+        raise UsageError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
     return STRATEGIES[name]
 
 
@@ -131,10 +131,10 @@ class PromptConfig:
     def __post_init__(self):
         unknown = [f for f in self.fields if f not in ITEM_FIELDS]
         if unknown or not self.fields:
-            raise ValueError(f"unknown item fields {unknown or '(none given)'}; choose from {', '.join(ITEM_FIELDS)}")
+            raise UsageError(f"unknown item fields {unknown or '(none given)'}; choose from {', '.join(ITEM_FIELDS)}")
         for name in ("examples", "max_history", "example_history"):
             if getattr(self, name) < (0 if name == "examples" else 1):
-                raise ValueError(f"prompt setting {name} must be {'>= 0' if name == 'examples' else '>= 1'}, "
+                raise UsageError(f"prompt setting {name} must be {'>= 0' if name == 'examples' else '>= 1'}, "
                                  f"got {getattr(self, name)}")
         if self.item_chars < 16 or self.item_tokens < 8:
             raise UsageError(f"prompt settings item_chars must be >= 16 and item_tokens >= 8, got "
@@ -246,11 +246,11 @@ def chat_order(template) -> list[tuple[str, str]]:
             unknown.append(name)
     if "user" not in blocks or unknown:
         problem = f"blocks {sorted(unknown)} are not chat messages" if unknown else "it has no {% block user %}"
-        raise ValueError(f"template {template.name} is not a chat template: {problem}; define the blocks "
+        raise UsageError(f"template {template.name} is not a chat template: {problem}; define the blocks "
                          f"{', '.join(ROLES)} and, for demonstrations, user_1, assistant_1, user_2, ...")
     unpaired = [f"{sorted({'user', 'assistant'} - roles)[0]}_{n}" for n, roles in sorted(turns.items()) if len(roles) < 2]
     if unpaired:
-        raise ValueError(f"template {template.name}: demonstration turns come in pairs; missing "
+        raise UsageError(f"template {template.name}: demonstration turns come in pairs; missing "
                          f"{{% block {unpaired[0]} %}}" + (f" and {len(unpaired) - 1} more" if len(unpaired) > 1 else ""))
     order = [("system", "system")]
     for n in sorted(turns):
@@ -339,7 +339,7 @@ def validate_aspects(aspects, folder: str | Path | None = None) -> None:
     """:func:`validate_templates` for the LaMAR aspect templates of ``aspects`` (e.g. ``("usage",)``)."""
     unknown = [a for a in aspects if a not in ASPECTS]
     if unknown:
-        raise ValueError(f"unknown aspects {unknown}; choose from {', '.join(ASPECTS)}")
+        raise UsageError(f"unknown aspects {unknown}; choose from {', '.join(ASPECTS)}")
     validate_templates([ASPECTS[a] for a in aspects], folder)
 
 
@@ -416,14 +416,24 @@ class PromptBuilder:
         chats = builder.chats("fs.jinja", [0, 1, 2], max_new_tokens=32)  # test samples 0..2, cut to fit
         chats = builder.chats("zcot_title.jinja", [0], rationales=["They like thrillers."])
         builder.cuts                                                 # PromptCuts(items=..., prompts=...)
+
+        # ad-hoc sessions (internal item ids, oldest first) instead of a split's
+        adhoc = PromptBuilder(dataset, samples=Samples.from_lists([[50, 172, 181]], [0]), engine=engine)
+        chats = adhoc.chats("fs.jinja", [0])
     """
 
-    def __init__(self, dataset, config: PromptConfig | None = None, *, split: str = "test", engine=None):
+    def __init__(self, dataset, config: PromptConfig | None = None, *, split: str = "test", samples=None,
+                 engine=None):
         """
         Args:
             dataset: a :class:`~agentrec.data.dataset.PreparedDataset`.
             config: what goes into the prompts (default :class:`PromptConfig`).
             split: split whose samples are the query sessions; examples always come from train.
+            samples: the query sessions themselves, in place of ``split``'s: any
+                :class:`~agentrec.data.dataset.Samples`, e.g. ad-hoc histories as
+                ``Samples.from_lists(histories, [0] * len(histories))``. Only their histories are read:
+                a target never reaches a prompt, so a placeholder target is safe. With
+                ``vary_examples``, session ``i`` draws its examples as sample ``i`` of a split would.
             engine: the engine the chats are for: its tokenizer counts tokens and its context bounds
                 the prompts (see "Budgets" in the module docstring); None counts by estimate and
                 cuts item texts only.
@@ -436,12 +446,12 @@ class PromptBuilder:
         self._next_titles: dict[int, str] = {}  # item id -> its title as an example's answer, cut
         self._cut_items: set[int] = set()
         self.split = split
-        if self.split == "train":
-            raise ValueError("query sessions must come from valid or test: few-shot examples are drawn from train")
+        if self.split == "train" and samples is None:
+            raise UsageError("query sessions must come from valid or test: few-shot examples are drawn from train")
         noun, domain = vocabulary(self.dataset.name)
         self.item_noun = self.config.item_noun or noun
         self.domain = self.config.domain or domain
-        self.samples = self.dataset.split(self.split)
+        self.samples = self.dataset.split(self.split) if samples is None else samples
         self._templates: dict[str, object] = {}
         self._columns: dict[str, list] | None = None
         self._shared_examples: list[dict] | None = None
@@ -541,7 +551,7 @@ class PromptBuilder:
     def _draw(self, rng, n: int) -> list[dict]:
         train = self.dataset.train
         if len(train) == 0:
-            raise ValueError(f"{self.dataset.name}: the training split is empty; few-shot prompts need "
+            raise UsageError(f"{self.dataset.name}: the training split is empty; few-shot prompts need "
                              f"training examples (use examples=0, or the zcot strategy)")
         lengths = train.lengths
         eligible = np.flatnonzero(lengths >= 2)  # a one-item session shows little of the pattern
@@ -603,7 +613,7 @@ class PromptBuilder:
         """One LaMAR aspect chat (``usage``, ``intent`` or ``summary``) per item, in the order given;
         ``max_new_tokens`` as in :meth:`chats`."""
         if aspect not in ASPECTS:
-            raise ValueError(f"unknown aspect {aspect!r}; choose one of {', '.join(ASPECTS)}")
+            raise UsageError(f"unknown aspect {aspect!r}; choose one of {', '.join(ASPECTS)}")
         tmpl = self.template(ASPECTS[aspect])
         values = [{"domain": self.domain, "item_noun": self.item_noun, "item": self.item_label(int(i))}
                   for i in item_ids]

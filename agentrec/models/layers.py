@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from agentrec.core.errors import UsageError
+
 
 class Dropout(nn.Module):
     """Inverted dropout whose mask comes from numpy's PCG64 generator.
@@ -20,7 +22,7 @@ class Dropout(nn.Module):
     def __init__(self, p: float):
         super().__init__()
         if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+            raise UsageError(f"dropout probability must be in [0, 1), got {p}")
         self.threshold = int(round(p * 256))  # a byte below this drops the element
         self.scale = 256.0 / (256 - self.threshold)
         self._rng: np.random.Generator | None = None

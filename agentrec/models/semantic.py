@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from agentrec.core.errors import MismatchError
 from agentrec.models.base import Batch, SessionModel
 
 
@@ -75,7 +76,7 @@ class SemanticFusion(SessionModel):
         self.fusion = config or FusionConfig()
         table = torch.as_tensor(np.asarray(llm_table), dtype=torch.float32)
         if table.shape[0] != base.n_items + 1:
-            raise ValueError(f"LLM table has {table.shape[0]} rows; the catalogue needs {base.n_items + 1}")
+            raise MismatchError(f"LLM table has {table.shape[0]} rows; the catalogue needs {base.n_items + 1}")
         self.register_buffer("llm_items", table)  # I_l, frozen: a buffer is never optimised
         d1, d2 = base.config.embedding_size, table.shape[1]
         d = self.fusion.output_size or d1

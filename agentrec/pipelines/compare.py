@@ -19,7 +19,8 @@
   from the run record). Cached rows keep the timings of the run that computed them.
 * **Reuse.** Checkpoints live in ``OUT/runs/NAME-KEY`` and LLM rows in ``OUT/llm/STRATEGY-KEY.*``, where
   KEY hashes the configuration and the dataset fingerprint; generations are cached in
-  ``OUT/generations.sqlite``. A rerun with the same settings trains and generates nothing.
+  ``OUT/generations.sqlite``. A rerun with the same settings trains and generates nothing. A hybrid row
+  takes its LLM row's grounded candidates in memory (a reused LLM row's from its lines, the same arrays).
 * **Files.** ``compare.md``, ``compare.csv``, ``compare.json``, ``recall_at_k.png`` (Recall@K against K
   for every method, as in the SemSR paper's Figure 3) and ``manifest.json`` (versions, git commit,
   seeds, every configuration, data fingerprints) in ``OUT``.
@@ -51,7 +52,7 @@ from agentrec.core import fsutil
 from agentrec.core.options import COUNT, SEED, OptionError, Range, check_writable
 from agentrec.data.api import prepare_dataset
 from agentrec.data.dataset import PreparedDataset
-from agentrec.llm.engines import EngineConfig, get_engine
+from agentrec.llm import EngineConfig, get_engine
 from agentrec.llm.prompts import STRATEGIES, PromptConfig
 from agentrec.models import MODELS
 from agentrec.models.semantic import Reranked
@@ -433,10 +434,10 @@ def run_compare(out: str | Path, config: CompareConfig | None = None, *, data: s
         for number, strategy in enumerate(config.strategies, 1):
             logger.info("compare: LLM %s [%d/%d] on %d test sessions (%.0f s in)", strategy, number,
                         len(config.strategies), n, time.perf_counter() - started)
-            row, record = llm.row(strategy)
+            row, record, candidates = llm.row(strategy)
             llm_rows.append(row)
             if config.hybrid:
-                hybrid_rows.append(state.hybrid_row(row, record, config.hybrid_model))
+                hybrid_rows.append(state.hybrid_row(row, record, candidates, config.hybrid_model))
         manifest_llm = llm.manifest()
     else:
         n, manifest_llm = len(dataset.test), None
@@ -617,12 +618,14 @@ class _State:
         return Row(name=_label(name, c.base), kind=kind, ranks=result.ranks, timed_sessions=result.n,
                    wall_s=clock.wall, cpu_s=clock.cpu, train_s=train_s, protocol=protocol)
 
-    def hybrid_row(self, llm_row: Row, record: dict, model_name: str) -> Row:
+    def hybrid_row(self, llm_row: Row, record: dict, candidates: tuple[np.ndarray, np.ndarray],
+                   model_name: str) -> Row:
+        """The hybrid of an LLM row: ``candidates`` are its ``(ids, distances)``, each ``(n, M)`` (see ``_LLM.row``)."""
         hc = self.config.hybrid_config
         model = self.model(model_name)
         n = len(llm_row.ranks)
         with _Clock() as clock:
-            candidates, distances, _ = read_candidates(record["file"], hc.candidates)
+            candidates, distances = candidates
             samples = self.dataset.test
             scores = model_scores(model, samples, np.arange(n))
             ranks, _, _ = hybrid_ranks(candidates, distances, scores, samples.target[:n], hc, k=LLM_K)
@@ -659,8 +662,12 @@ class _LLM:
                                "reused": self.index.reused, "seconds": clock.wall}
         return self.index
 
-    def row(self, strategy: str) -> tuple[Row, dict]:
+    def row(self, strategy: str) -> tuple[Row, dict, tuple[np.ndarray, np.ndarray]]:
+        """The LLM row of ``strategy``, its record, and its grounded candidates ``(ids, distances)``, each
+        ``(n, M)`` with ``M`` the hybrid's candidates: in memory when generated now, read from ``out/llm``
+        (the same arrays, :func:`~agentrec.pipelines.hybrid.read_candidates`) when the row is reused."""
         engine = self._engine()
+        m = self.state.config.hybrid_config.candidates
         spec = {"strategy": strategy, "engine": engine.fingerprint, "prompts": asdict(self.prompts),
                 "generation": asdict(self.generation), "embedder": self.state.config.embedder, "k": LLM_K,
                 "sessions": self.n, "dataset": self.state.dataset.fingerprint}
@@ -672,6 +679,9 @@ class _LLM:
             logger.info("compare: reusing %s", lines)
             record = json.loads(record_file.read_text())
             record["reused"] = True
+            ids, distances, lines_read = read_candidates(lines, m)
+            candidates = (ids, distances)
+            ranks = np.array([math.inf if r["rank"] is None else r["rank"] for r in lines_read], dtype=np.float64)
         else:
             index = self._index()
             if hasattr(engine, "load"):
@@ -687,17 +697,17 @@ class _LLM:
                       "engine_seconds": result.engine_seconds, "cache_hits": result.cache_hits,
                       "unparseable": result.unparseable, "ungrounded": result.ungrounded,
                       "exact_titles": result.exact_titles, "protocol": PROTOCOL}
-            record_file.write_text(json.dumps(record, indent=2) + "\n")
+            # the row's record is written after its lines: both present means the row is complete
+            fsutil.atomic_write_text(record_file, json.dumps(record, indent=2) + "\n")
             record["reused"] = False
+            candidates, ranks = result.candidates.head(m), result.ranks
         record["file"] = str(lines)  # the folder may have moved since
-        ranks = np.array([math.inf if r["rank"] is None else r["rank"]
-                          for r in map(json.loads, open(lines, encoding="utf-8"))], dtype=np.float64)
         self.records[strategy] = record
         note = f"{record['cache_hits']} of the generations came from the cache" if record["cache_hits"] else ""
         row = Row(name=f"LLM {STRATEGY_LABELS.get(strategy, strategy)}", kind="llm", ranks=ranks,
                   timed_sessions=record["n"], wall_s=record["wall_s"], cpu_s=record["cpu_s"],
                   tokens=record["tokens_in"] + record["tokens_out"], protocol=record["protocol"], note=note)
-        return row, record
+        return row, record, candidates
 
     def manifest(self) -> dict:
         engine = self.engine

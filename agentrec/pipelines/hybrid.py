@@ -34,13 +34,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
+from agentrec.core import fsutil
+from agentrec.core.errors import UsageError
 from agentrec.core.metrics import chunk_rows, format_metrics, metrics_from_ranks
 from agentrec.data.dataset import PreparedDataset
 from agentrec.pipelines.predict import DEFAULT_GROUND_DISTANCE, predict
@@ -68,11 +69,11 @@ class HybridConfig:
 
     def __post_init__(self):
         if self.fusion not in FUSIONS:
-            raise ValueError(f"unknown fusion {self.fusion!r}; choose one of {', '.join(FUSIONS)}")
+            raise UsageError(f"unknown fusion {self.fusion!r}; choose one of {', '.join(FUSIONS)}")
         if not 0.0 <= self.weight <= 1.0:
-            raise ValueError(f"blend weight must be in [0, 1], got {self.weight}")
+            raise UsageError(f"blend weight must be in [0, 1], got {self.weight}")
         if self.candidates < 1:
-            raise ValueError(f"candidates must be at least 1, got {self.candidates}")
+            raise UsageError(f"candidates must be at least 1, got {self.candidates}")
 
     @property
     def protocol(self) -> str:
@@ -202,7 +203,11 @@ def model_scores(model, samples, rows: np.ndarray, *, memory_budget_mb: float = 
 
 
 def read_candidates(path: str | Path, m: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """The grounded lists that :func:`agentrec.pipelines.predict.predict` wrote to ``path``.
+    """The grounded lists that :func:`agentrec.pipelines.predict.predict` wrote to ``path`` (a past run's).
+
+    No pipeline reads its own candidates back: :func:`predict_hybrid` and ``compare`` take them from
+    ``PredictResult.candidates`` in memory. This reads the same arrays from a file
+    (``Candidates.head(m)`` equals it).
 
     Returns:
         ``(candidates, distances, records)``: ``(n, m)`` ids (0-padded), ``(n, m)`` distances
@@ -239,7 +244,7 @@ class HybridResult:
     out: str | None = None
 
     def summary(self) -> dict:
-        data = {key: value for key, value in asdict(self).items() if key not in ("ranks", "llm")}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("ranks", "llm")}
         data["config"] = asdict(self.config)
         data["llm"] = self.llm.summary() if self.llm is not None else None
         return data
@@ -282,7 +287,8 @@ def predict_hybrid(dataset, run: str | Path, strategy: str = "fscot", engine=Non
         config: candidates (M), fusion rule, weight, fill.
 
     Returns:
-        A :class:`HybridResult`; ``result.llm`` holds the LLM-only result with top-M lists.
+        A :class:`HybridResult`; ``result.llm`` holds the LLM-only result, its top-M lists in
+        ``result.llm.candidates`` (in memory; the LLM-only lines are written only beside ``out``).
     """
 
     started = time.perf_counter()
@@ -290,14 +296,13 @@ def predict_hybrid(dataset, run: str | Path, strategy: str = "fscot", engine=Non
     if not isinstance(dataset, PreparedDataset):
         dataset = PreparedDataset.load(dataset)
     info, model = load_model(run, dataset)  # checks the fingerprint before the LLM runs
-    with tempfile.TemporaryDirectory() as scratch:
-        llm_out = Path(out).with_suffix(".llm.jsonl") if out is not None else Path(scratch) / "llm.jsonl"
-        llm = predict(dataset, strategy, engine, k=config.candidates, limit=limit, out=llm_out, split=split,
-                      engine_config=engine_config, prompts=prompts, generation=generation, index=index,
-                      embedder=embedder, store=store, chroma_host=chroma_host, cache=cache,
-                      ground_distance=DEFAULT_GROUND_DISTANCE if ground_distance is None else ground_distance,
-                      progress=progress)
-        candidates, distances, records = read_candidates(llm_out, config.candidates)
+    llm_out = Path(out).with_suffix(".llm.jsonl") if out is not None else None
+    llm = predict(dataset, strategy, engine, k=config.candidates, limit=limit, out=llm_out, split=split,
+                  engine_config=engine_config, prompts=prompts, generation=generation, index=index,
+                  embedder=embedder, store=store, chroma_host=chroma_host, cache=cache,
+                  ground_distance=DEFAULT_GROUND_DISTANCE if ground_distance is None else ground_distance,
+                  progress=progress)
+    candidates, distances = llm.candidates.head(config.candidates)  # in memory: no file is read back
     reranking = time.perf_counter()
     samples = dataset.split(split)
     targets = samples.target[: llm.n].astype(np.int64)
@@ -316,24 +321,27 @@ def predict_hybrid(dataset, run: str | Path, strategy: str = "fscot", engine=Non
                           n=llm.n, k=k, config=config, metrics=metrics_from_ranks(ranks, sorted({min(10, k), k})),
                           ranks=ranks, llm=llm, protocol=config.protocol, rerank_seconds=rerank_seconds)
     if out is not None:
-        titles = dataset.titles()
         out = Path(out)
-        with open(out, "w", encoding="utf-8") as handle:
-            for row, record in enumerate(records):
-                distance_of = {entry["item_id"]: entry["distance"] for entry in record["top_k"]}
-                listed = [{"item_id": int(item), "title": titles[int(item) - 1],
-                           "source": "llm" if llm_flag else "model",
-                           "model_score": round(float(score), 6),
-                           **({"distance": distance_of[int(item)]} if llm_flag else {})}
-                          for item, llm_flag, score in zip(top[row], from_llm[row], picked[row]) if item > 0]
-                handle.write(json.dumps({
-                    "session": record["session"], "sample": row, "split": split, "strategy": llm.strategy,
-                    "title": record["title"], "target": record["target"], "target_title": record["target_title"],
-                    "rank": None if math.isinf(ranks[row]) else int(ranks[row]),
-                    "llm_rank": record["rank"], "top_k": listed,
-                }, ensure_ascii=False) + "\n")
+        titles = dataset.titles()
+        lines = []
+        for row in range(llm.n):
+            distance_of = dict(zip(candidates[row].tolist(), distances[row].tolist()))
+            listed = [{"item_id": int(item), "title": titles[int(item) - 1],
+                       "source": "llm" if llm_flag else "model",
+                       "model_score": round(float(score), 6),
+                       **({"distance": distance_of[int(item)]} if llm_flag else {})}
+                      for item, llm_flag, score in zip(top[row], from_llm[row], picked[row]) if item > 0]
+            target = int(targets[row])
+            lines.append(json.dumps({
+                "session": str(samples.session[row]), "sample": row, "split": split, "strategy": llm.strategy,
+                "title": llm.candidates.titles[row], "target": target, "target_title": titles[target - 1],
+                "rank": None if math.isinf(ranks[row]) else int(ranks[row]),
+                "llm_rank": None if math.isinf(llm.ranks[row]) else int(llm.ranks[row]), "top_k": listed,
+            }, ensure_ascii=False) + "\n")
+        fsutil.atomic_write_text(out, "".join(lines))
         result.out = str(out)
     result.seconds = time.perf_counter() - started
     if out is not None:
-        Path(out).with_suffix(".summary.json").write_text(json.dumps(result.summary(), indent=2, default=float) + "\n")
+        fsutil.atomic_write_text(out.with_suffix(".summary.json"),
+                                 json.dumps(result.summary(), indent=2, default=float) + "\n")
     return result

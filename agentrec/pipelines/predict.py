@@ -6,7 +6,12 @@ session's item titles and writes the title of the next item (FS, ZCoT or FSCoT p
 items under cosine similarity of text embeddings in a Chroma collection (:mod:`agentrec.retrieval.index`).
 No public reference code; the prompts follow the paper's Figure 2.
 
-:func:`predict` runs it for the sessions of a split:
+:func:`generate_candidates` is the reusable core: for any set of query sessions (a split's, or ad-hoc
+histories in a :class:`~agentrec.llm.prompts.PromptBuilder`) it runs steps 1-4 below and returns the
+grounded candidates in memory (:class:`Candidates`: item ids and distances arrays, parsed titles, raw
+outputs, token counts). :func:`predict` runs it for the sessions of a split and measures them;
+:func:`agentrec.pipelines.hybrid.predict_hybrid`, :mod:`agentrec.pipelines.compare` and
+:class:`agentrec.pipelines.api.LLMRecommender` take the same candidates, never a file read back.
 
 1. checks the templates (:func:`agentrec.llm.prompts.validate_templates`) before any model loads, then
    renders one chat per session (per step: CoT strategies run a rationale step, then a title step),
@@ -16,7 +21,8 @@ No public reference code; the prompts follow the paper's Figure 2.
    generation cache (:mod:`agentrec.llm.cache`: a rerun or resumed run makes no repeated calls),
 3. parses a title from each output (:func:`parse_title`),
 4. grounds all parsed titles with **one** batched :meth:`CatalogueIndex.match` call (top-K),
-5. writes one JSON line per session and returns Recall@K / MRR@K / NDCG@K under :data:`PROTOCOL`.
+5. (:func:`predict`) returns Recall@K / MRR@K / NDCG@K under :data:`PROTOCOL`, the candidates with them, and
+   optionally writes one JSON line per session (written aside and renamed into place).
 
 Example::
 
@@ -31,16 +37,18 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
+from agentrec.core import fsutil
+from agentrec.core.errors import UsageError
 from agentrec.core.metrics import format_metrics, metrics_from_ranks
 from agentrec.data.dataset import PreparedDataset
+from agentrec.llm import Engine, EngineConfig, SamplingParams, get_engine
 from agentrec.llm.cache import GenerationCache, cached_generate
-from agentrec.llm.engines import Engine, EngineConfig, SamplingParams, get_engine
-from agentrec.llm.prompts import PromptBuilder, PromptConfig, chat_digest, validate_strategy
+from agentrec.llm.prompts import PromptBuilder, PromptConfig, Strategy, chat_digest, validate_strategy
 from agentrec.llm.titles import normalise_title, parse_title
 from agentrec.retrieval.index import CatalogueIndex
 
@@ -67,6 +75,47 @@ class GenerationConfig:
     def params(self, output: str) -> SamplingParams:
         tokens = self.rationale_tokens if output == "rationale" else self.title_tokens
         return SamplingParams(max_new_tokens=tokens, temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+
+
+@dataclass
+class Candidates:
+    """The grounded candidates of ``n`` sessions, in memory (what :func:`generate_candidates` returns).
+
+    Row ``i`` belongs to the ``i``-th query session asked for. Distances are rounded to 6 decimals, as
+    :func:`predict` writes them, so a result read back from its JSON lines
+    (:func:`agentrec.pipelines.hybrid.read_candidates`) equals the one in memory.
+    """
+
+    item_ids: np.ndarray  # (n, k) int64 catalogue ids, nearest to the parsed title first; 0 pads a row
+    distances: np.ndarray  # (n, k) float64 cosine distances to the parsed title; inf at padding
+    titles: list  # (n,) the parsed title, or None when the output had none (that row is all padding)
+    raw: list  # (n,) the title step's output
+    rationales: list  # (n,) the rationale step's output (zcot, fscot), else None
+    prompt_ids: list  # (n,) the first 16 hex digits of the title step's chat digest
+    tokens: np.ndarray  # (n, 2) int64 prompt and generated tokens, summed over the steps
+    cached: np.ndarray  # (n,) bool: every step of the session came from the generation cache
+    engine_seconds: float = 0.0  # the engine's wall-clock time in this call (cache misses only)
+    engine_calls: int = 0  # chats sent to the engine in this call
+    generated_tokens_out: int = 0  # tokens the engine generated in this call
+    cache_hits: int = 0
+    cache_lookups: int = 0  # chats looked up (0 with the cache off)
+    unknown_token_counts: int = 0  # generations whose engine reported no token counts
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def k(self) -> int:
+        return self.item_ids.shape[1]
+
+    def head(self, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(item_ids, distances)``, each ``(n, m)``: the first ``m`` candidates of every row, padded with
+        ``(0, inf)`` when ``m > k`` (the shape :func:`agentrec.pipelines.hybrid.read_candidates` gives)."""
+        ids = np.zeros((len(self), m), dtype=np.int64)
+        distances = np.full((len(self), m), np.inf)
+        width = min(m, self.k)
+        ids[:, :width], distances[:, :width] = self.item_ids[:, :width], self.distances[:, :width]
+        return ids, distances
 
 
 @dataclass
@@ -102,6 +151,7 @@ class PredictResult:
     ground_distance: float = DEFAULT_GROUND_DISTANCE
     seconds: float = 0.0
     out: str | None = None
+    candidates: Candidates | None = field(repr=False, default=None)  # the grounded top-K lists, in memory
 
     @property
     def tokens_per_s(self) -> float:
@@ -112,7 +162,7 @@ class PredictResult:
         return self.cache_hits / self.cache_lookups if self.cache_lookups else float("nan")
 
     def summary(self) -> dict:
-        data = {key: value for key, value in asdict(self).items() if key != "ranks"}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("ranks", "candidates")}
         data.update(tokens_per_s=self.tokens_per_s, cache_hit_rate=self.cache_hit_rate,
                     unparseable_rate=self.unparseable / self.n if self.n else float("nan"),
                     ungrounded_rate=self.ungrounded / self.n if self.n else float("nan"))
@@ -142,6 +192,83 @@ class PredictResult:
         return "\n".join(lines)
 
 
+# ================================================================================================ generate + ground
+def generate_candidates(builder: PromptBuilder, plan: Strategy, engine: Engine, index, *, k: int,
+                        n: int | None = None, generation: GenerationConfig | None = None,
+                        cache: GenerationCache | None = None) -> Candidates:
+    """Generate a title for each query session of ``builder`` and ground all of them in the catalogue.
+
+    Args:
+        builder: renders the chats; its ``samples`` are the query sessions (a split's, or ad-hoc
+            histories: ``PromptBuilder(dataset, config, samples=..., engine=engine)``). Its ``cuts``
+            count what the prompts lost to the engine's context.
+        plan: the strategy (:func:`agentrec.llm.prompts.validate_strategy`).
+        engine: any object with the :class:`~agentrec.llm.Engine` interface.
+        index: a :class:`~agentrec.retrieval.index.CatalogueIndex` (or anything with its ``match``).
+        k: candidates per session (the nearest items to the parsed title), at most the catalogue's size.
+        n: only the first ``n`` query sessions (default: all of them).
+        generation: sampling and chunking (default :class:`GenerationConfig`).
+        cache: the generation cache, or None for none.
+
+    Returns:
+        :class:`Candidates` for the first ``n`` sessions, in order. Generation runs in chunks of
+        ``generation.chunk_size`` sessions, one engine call per step and chunk; grounding is **one**
+        ``index.match`` call for every parsed title.
+    """
+    generation = generation or GenerationConfig()
+    samples = builder.samples
+    n = len(samples) if n is None else min(int(n), len(samples))
+    raw = [""] * n
+    rationales: list[str | None] = [None] * n
+    prompt_ids = [""] * n
+    tokens = np.zeros((n, 2), dtype=np.int64)  # (n, [in, out]) summed over steps
+    cached = np.ones(n, dtype=bool)  # every step of the session came from the cache
+    found = Candidates(item_ids=np.zeros((n, k), dtype=np.int64), distances=np.full((n, k), np.inf), titles=[],
+                       raw=raw, rationales=rationales, prompt_ids=prompt_ids, tokens=tokens, cached=cached)
+    chunk_size = max(1, generation.chunk_size)
+    for start in range(0, n, chunk_size):
+        rows = np.arange(start, min(n, start + chunk_size))
+        step_rationales = None
+        for step in plan.steps:
+            params = generation.params(step.output)
+            chats = builder.step_chats(plan, step, rows, rationales=step_rationales,
+                                       max_new_tokens=params.max_new_tokens)
+            batch = cached_generate(engine, chats, params, template_digest=builder.template_digest(step.template),
+                                    cache=cache)
+            found.engine_seconds += batch.engine_seconds
+            found.cache_hits += batch.hits if cache is not None else 0
+            found.cache_lookups += len(chats) if cache is not None else 0
+            for j, (row, made, from_cache) in enumerate(zip(rows, batch.generations, batch.cached)):
+                cached[row] &= from_cache
+                if made.tokens_in is None or made.tokens_out is None:
+                    found.unknown_token_counts += 1
+                else:
+                    tokens[row] += (made.tokens_in, made.tokens_out)
+                if not from_cache:
+                    found.engine_calls += 1
+                    found.generated_tokens_out += made.tokens_out or 0
+                if step.output == "rationale":
+                    rationales[row] = made.text
+                else:
+                    raw[row] = made.text
+                    prompt_ids[row] = chat_digest(chats[j])[:16]
+            if step.output == "rationale":
+                step_rationales = [rationales[row] for row in rows]
+        logger.info("%s: generated %d of %d sessions (%.1f s in the engine)", plan.name, rows[-1] + 1, n,
+                    found.engine_seconds)
+
+    # ground every parsed title at once: one embedder call, one Chroma query
+    found.titles = [parse_title(text) for text in raw]
+    parsed = [row for row, title in enumerate(found.titles) if title]
+    if parsed:
+        matches = index.match([found.titles[row] for row in parsed], k=k)
+        width = min(k, matches.item_ids.shape[1])
+        found.item_ids[parsed, :width] = matches.item_ids[:, :width]
+        # rounded as the JSON lines hold them (Python's round, per value): read back, a result is the same
+        found.distances[parsed, :width] = [[round(float(d), 6) for d in row] for row in matches.distances[:, :width]]
+    return found
+
+
 # ================================================================================================ predict
 def predict(dataset, strategy: str = "fs", engine: Engine | str | None = None, *, k: int = 20,
             limit: int | None = None, out: str | Path | None = None, split: str = "test",
@@ -155,11 +282,13 @@ def predict(dataset, strategy: str = "fs", engine: Engine | str | None = None, *
     Args:
         dataset: a :class:`~agentrec.data.dataset.PreparedDataset` or its folder.
         strategy: ``fs``, ``zcot`` or ``fscot`` (:data:`agentrec.llm.prompts.STRATEGIES`).
-        engine: an :class:`~agentrec.llm.engines.Engine`, or an engine name made with ``engine_config``
+        engine: an :class:`~agentrec.llm.Engine`, or an engine name made with ``engine_config``
             (default ``hf`` with SmolLM2, offline).
         k: length of the grounded list (top-K nearest items); metrics at 10 (when K > 10) and K.
         limit: only the first ``limit`` sessions of the split, in split order.
-        out: JSON-lines file to write, one line per session; a ``.summary.json`` file is written beside it.
+        out: JSON-lines file to write, one line per session, and a ``.summary.json`` file beside it;
+            each is written aside and renamed into place. None: nothing is written (the grounded
+            lists are in ``result.candidates``).
         split: ``test`` or ``valid``; few-shot examples always come from ``train``.
         engine_config: settings for an engine given by name.
         prompts: what goes into the prompts (examples, seed, item fields, your own templates).
@@ -171,7 +300,8 @@ def predict(dataset, strategy: str = "fs", engine: Engine | str | None = None, *
         progress: progress bars while building the index.
 
     Returns:
-        A :class:`PredictResult`; metrics follow :data:`PROTOCOL`.
+        A :class:`PredictResult`; metrics follow :data:`PROTOCOL`; ``result.candidates`` holds the
+        grounded top-K lists (:class:`Candidates`).
     """
 
     started = time.perf_counter()
@@ -179,15 +309,12 @@ def predict(dataset, strategy: str = "fs", engine: Engine | str | None = None, *
     # before any model loads (the engine's, the embedder's): a broken template fails now, naming its file
     plan = validate_strategy(strategy, prompt_config)
     if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+        raise UsageError(f"k must be at least 1, got {k}")
     if not isinstance(dataset, PreparedDataset):
         dataset = PreparedDataset.load(dataset)
-    generation = generation or GenerationConfig()
-    if engine is None or isinstance(engine, str):  # else any object with the Engine interface
-        engine = get_engine(engine or "hf", engine_config)
-    cache = _open_cache(cache)
+    engine = resolve_engine(engine, engine_config)
+    cache = open_cache(cache)
     if index is None:  # before any generation: a store that does not fit fails now, not after the LLM ran
-
         index = CatalogueIndex.build(dataset, embedder, store=store, chroma_host=chroma_host, progress=progress)
     builder = PromptBuilder(dataset, prompt_config, split=split, engine=engine)
     samples = builder.samples
@@ -195,45 +322,14 @@ def predict(dataset, strategy: str = "fs", engine: Engine | str | None = None, *
     result = PredictResult(strategy=plan.name, engine=engine.fingerprint, dataset=dataset.name, split=split, n=n,
                            k=min(k, dataset.n_items), metrics={}, ranks=np.zeros(0), ground_distance=ground_distance)
     if n == 0:
-        raise ValueError(f"{dataset.name}: the {split} split has no sessions to predict")
+        raise UsageError(f"{dataset.name}: the {split} split has no sessions to predict")
 
-    raw = [""] * n
-    rationales: list[str | None] = [None] * n
-    prompt_ids = [""] * n
-    tokens = np.zeros((n, 2), dtype=np.int64)  # (n, [in, out]) summed over steps
-    cached = np.ones(n, dtype=bool)  # every step of the session came from the cache
-    chunk_size = max(1, generation.chunk_size)
-    for start in range(0, n, chunk_size):
-        rows = np.arange(start, min(n, start + chunk_size))
-        step_rationales = None
-        for step in plan.steps:
-            params = generation.params(step.output)
-            chats = builder.step_chats(plan, step, rows, rationales=step_rationales,
-                                       max_new_tokens=params.max_new_tokens)
-            batch = cached_generate(engine, chats, params, template_digest=builder.template_digest(step.template),
-                                    cache=cache)
-            result.engine_seconds += batch.engine_seconds
-            result.cache_hits += batch.hits if cache is not None else 0
-            result.cache_lookups += len(chats) if cache is not None else 0
-            for j, (row, made, from_cache) in enumerate(zip(rows, batch.generations, batch.cached)):
-                cached[row] &= from_cache
-                if made.tokens_in is None or made.tokens_out is None:
-                    result.unknown_token_counts += 1
-                else:
-                    tokens[row] += (made.tokens_in, made.tokens_out)
-                if not from_cache:
-                    result.engine_calls += 1
-                    result.generated_tokens_out += made.tokens_out or 0
-                if step.output == "rationale":
-                    rationales[row] = made.text
-                else:
-                    raw[row] = made.text
-                    prompt_ids[row] = chat_digest(chats[j])[:16]
-            if step.output == "rationale":
-                step_rationales = [rationales[row] for row in rows]
-        logger.info("%s: generated %d of %d sessions (%.1f s in the engine)", plan.name, rows[-1] + 1, n,
-                    result.engine_seconds)
-    result.tokens_in, result.tokens_out = (int(x) for x in tokens.sum(0))
+    found = generate_candidates(builder, plan, engine, index, k=result.k, n=n, generation=generation, cache=cache)
+    result.candidates = found
+    for name in ("engine_seconds", "engine_calls", "generated_tokens_out", "cache_hits", "cache_lookups",
+                 "unknown_token_counts"):
+        setattr(result, name, getattr(found, name))
+    result.tokens_in, result.tokens_out = (int(x) for x in found.tokens.sum(0))
     result.context_tokens = builder.context_tokens
     result.items_cut, result.prompts_cut = builder.cuts.items, builder.cuts.prompts
     result.examples_dropped, result.session_items_dropped = builder.cuts.examples_dropped, \
@@ -243,25 +339,24 @@ def predict(dataset, strategy: str = "fs", engine: Engine | str | None = None, *
                        "context", plan.name, builder.cuts.items, prompt_config.item_chars, prompt_config.item_tokens,
                        builder.cuts.prompts, builder.context_tokens)
 
-    # ground every parsed title at once: one embedder call, one Chroma query
-    titles = [parse_title(text) for text in raw]
-    parsed = [row for row, title in enumerate(titles) if title]
-    matches = index.match([titles[row] for row in parsed], k=result.k) if parsed else None
+    # measure: the target's position in each grounded list
     catalogue_titles = dataset.titles()
     targets = samples.target[:n].astype(np.int64)
     ranks = np.full(n, math.inf)
     top: list[list[dict]] = [[] for _ in range(n)]
-    for m, row in enumerate(parsed):
-        ids, distances = matches.item_ids[m], matches.distances[m]
-        found = np.flatnonzero(ids == targets[row])
-        ranks[row] = found[0] + 1 if found.size else math.inf
-        top[row] = [{"item_id": int(i), "title": catalogue_titles[int(i) - 1], "distance": round(float(d), 6)}
+    for row, title in enumerate(found.titles):
+        if not title:
+            continue
+        ids, distances = found.item_ids[row], found.distances[row]
+        hit = np.flatnonzero(ids == targets[row])
+        ranks[row] = hit[0] + 1 if hit.size else math.inf
+        top[row] = [{"item_id": int(i), "title": catalogue_titles[int(i) - 1], "distance": float(d)}
                     for i, d in zip(ids, distances) if i > 0]
         if not top[row] or top[row][0]["distance"] > ground_distance:
             result.ungrounded += 1
-        elif normalise_title(top[row][0]["title"]) == normalise_title(titles[row]):
+        elif normalise_title(top[row][0]["title"]) == normalise_title(title):
             result.exact_titles += 1
-    result.unparseable = n - len(parsed)
+    result.unparseable = sum(1 for title in found.titles if not title)
     result.ranks = ranks
     ks = tuple(sorted({min(10, result.k), result.k}))
     result.metrics = metrics_from_ranks(ranks, ks)
@@ -269,26 +364,37 @@ def predict(dataset, strategy: str = "fs", engine: Engine | str | None = None, *
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "w", encoding="utf-8") as handle:
-            for row in range(n):
-                target = int(targets[row])
-                record = {
-                    "session": str(samples.session[row]), "sample": row, "split": split, "strategy": plan.name,
-                    "prompt_id": prompt_ids[row], "rationale": rationales[row], "raw": raw[row], "title": titles[row],
-                    "target": target, "target_title": catalogue_titles[target - 1],
-                    "rank": None if math.isinf(ranks[row]) else int(ranks[row]), "top_k": top[row],
-                    "tokens_in": int(tokens[row, 0]), "tokens_out": int(tokens[row, 1]), "cached": bool(cached[row]),
-                }
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        lines = []
+        for row in range(n):
+            target = int(targets[row])
+            record = {
+                "session": str(samples.session[row]), "sample": row, "split": split, "strategy": plan.name,
+                "prompt_id": found.prompt_ids[row], "rationale": found.rationales[row], "raw": found.raw[row],
+                "title": found.titles[row], "target": target, "target_title": catalogue_titles[target - 1],
+                "rank": None if math.isinf(ranks[row]) else int(ranks[row]), "top_k": top[row],
+                "tokens_in": int(found.tokens[row, 0]), "tokens_out": int(found.tokens[row, 1]),
+                "cached": bool(found.cached[row]),
+            }
+            lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+        fsutil.atomic_write_text(out, "".join(lines))
         result.out = str(out)
     result.seconds = time.perf_counter() - started
     if out is not None:
-        summary_path = out.with_suffix(".summary.json")
-        summary_path.write_text(json.dumps(result.summary(), indent=2, default=_json_number) + "\n")
+        fsutil.atomic_write_text(out.with_suffix(".summary.json"),
+                                 json.dumps(result.summary(), indent=2, default=_json_number) + "\n")
     return result
 
 
-def _open_cache(cache) -> GenerationCache | None:
+def resolve_engine(engine, engine_config: EngineConfig | None = None):
+    """``engine`` itself when it is an engine object (anything with the Engine interface), else the engine
+    of that name (default ``hf``) made from ``engine_config``."""
+    if engine is None or isinstance(engine, str):
+        return get_engine(engine or "hf", engine_config)
+    return engine
+
+
+def open_cache(cache) -> GenerationCache | None:
+    """The generation cache: True for the default file, a path for another, a GenerationCache, False/None for none."""
     if cache is True:
         return GenerationCache()
     if cache is False or cache is None:

@@ -27,7 +27,7 @@ from agentrec.core.errors import UsageError
 from agentrec.models import MODELS
 from agentrec.models.semantic import SemanticFusion, semantic_init
 from agentrec.retrieval.embedders import DEFAULT_EMBEDDER, item_embeddings
-from agentrec.signals.signals import load_signals
+from agentrec.signals.store import load_signals
 from agentrec.training.runs import RUN_FILE, WEIGHTS_FILE, RunInfo, read_run, train_popularity
 from agentrec.training.trainer import TrainConfig, set_seed, train_model
 

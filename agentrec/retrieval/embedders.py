@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from agentrec.core import assets
+from agentrec.core.errors import UsageError
 from agentrec.core.templates import item_texts, texts_digest
 
 logger = logging.getLogger(__name__)
@@ -168,7 +169,7 @@ def get_embedder(name: str = DEFAULT_EMBEDDER, *, device: str = "cpu") -> Embedd
         return SentenceTransformerEmbedder(name[3:], device=device)
     if name.startswith("hf:"):
         return CausalLMEmbedder(name[3:], device=device)
-    raise ValueError(f"unknown embedder {name!r}: use minilm, smollm2, st:HUB_ID_OR_PATH or hf:HUB_ID_OR_PATH")
+    raise UsageError(f"unknown embedder {name!r}: use minilm, smollm2, st:HUB_ID_OR_PATH or hf:HUB_ID_OR_PATH")
 
 
 def item_embeddings(dataset, embedder: Embedder | str = DEFAULT_EMBEDDER, *, template=None, signals=None,

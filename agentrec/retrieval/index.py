@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from agentrec.core import __version__
-from agentrec.core.errors import DamagedFileError, MismatchError, NotFoundError, UsageError
+from agentrec.core.errors import DamagedFileError, MismatchError, NotFoundError, ServiceError, UsageError
 from agentrec.core.templates import item_texts, load_template, template_source, texts_digest
 from agentrec.retrieval.embedders import get_embedder, item_embeddings
 
@@ -85,10 +85,10 @@ class HNSWSettings:
 
     def __post_init__(self):
         if self.space != "cosine":
-            raise ValueError(f"HNSW space {self.space!r} is not supported: the index reports cosine distances")
+            raise UsageError(f"HNSW space {self.space!r} is not supported: the index reports cosine distances")
         for name in ("ef_construction", "ef_search", "max_neighbors"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"HNSW {name} must be positive, got {getattr(self, name)}")
+                raise UsageError(f"HNSW {name} must be positive, got {getattr(self, name)}")
 
     def to_chroma(self) -> dict:
         return asdict(self)
@@ -135,7 +135,7 @@ def _digest(text: str) -> str:
 def _parse_host(chroma_host: str) -> tuple[str, int, bool]:
     match = re.fullmatch(r"(?:(https?)://)?([^:/]+):(\d+)/?", chroma_host.strip())
     if not match:
-        raise ValueError(f"chroma host {chroma_host!r} is not HOST:PORT (for example 127.0.0.1:8000)")
+        raise UsageError(f"chroma host {chroma_host!r} is not HOST:PORT (for example 127.0.0.1:8000)")
     scheme, host, port = match.groups()
     return host, int(port), scheme == "https"
 
@@ -367,7 +367,7 @@ class CatalogueIndex:
                                            embedding_function=None)
         configuration = _configuration(created)
         if _hnsw_from_configuration(configuration) != hnsw:
-            raise RuntimeError(f"Chroma did not keep the HNSW settings: asked for {hnsw}, "
+            raise ServiceError(f"Chroma did not keep the HNSW settings: asked for {hnsw}, "
                                f"collection has {configuration.get('hnsw')}")
 
         item_ids = dataset.items["item_id"].to_numpy().astype(np.int64)
@@ -560,7 +560,7 @@ class CatalogueIndex:
 
     def _check_k(self, k: int) -> int:
         if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+            raise UsageError(f"k must be at least 1, got {k}")
         return min(int(k), self.n_items)
 
     # ------------------------------------------------------------------ LangChain

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from agentrec.core import fsutil
-from agentrec.core.errors import DamagedFileError, MismatchError, NotFoundError, TrainingDivergedError
+from agentrec.core.errors import DamagedFileError, MismatchError, NotFoundError, TrainingDivergedError, UsageError
 from agentrec.core.metrics import DEFAULT_KS, RankingResult, rank_samples
 from agentrec.data.dataset import PreparedDataset
 from agentrec.models import model_class
@@ -236,15 +236,25 @@ def dataset_ref(dataset) -> dict:
 
 def evaluate_run(run: str | Path, *, data: str | Path | None = None, split: str = "test", ks=DEFAULT_KS,
                  exclude_history: bool | None = None, memory_budget_mb: float = 256.0,
-                 progress: bool = False) -> tuple[RunInfo, RankingResult]:
-    """Evaluate the run's selected checkpoint on ``split`` (test by default) and record the result."""
+                 progress: bool = False, dataset: PreparedDataset | None = None,
+                 model=None) -> tuple[RunInfo, RankingResult]:
+    """Evaluate the run's selected checkpoint on ``split`` (test by default) and record the result.
+
+    ``dataset`` (already loaded) takes the place of ``data`` (its folder; default: the one the run
+    records), and ``model`` (already loaded from this run by :func:`load_model`) saves loading it again.
+    Test metrics are written into ``run.json``; validation metrics are only returned.
+    """
 
     info = read_run(run)
-    data_path = data or info.dataset.get("path")
-    if data_path is None:
-        raise ValueError("the run does not record its dataset path; pass --data")
-    dataset = PreparedDataset.load(data_path)
-    info, model = load_model(run, dataset)
+    if dataset is None:
+        data_path = data or info.dataset.get("path")
+        if data_path is None:
+            raise UsageError("the run does not record its dataset path; pass --data")
+        dataset = PreparedDataset.load(data_path)
+    if model is None:
+        info, model = load_model(run, dataset)
+    else:
+        check_dataset(info, dataset)
     if exclude_history is None:
         exclude_history = bool(info.train_config.get("exclude_history", False))
     result = evaluate_model(model, dataset, split, ks=ks, exclude_history=exclude_history,

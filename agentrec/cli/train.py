@@ -1,0 +1,174 @@
+"""``agentrec train`` and ``agentrec evaluate``: session models on a prepared dataset.
+
+``train`` is :func:`agentrec.pipelines.train.train_run`; ``evaluate`` is :func:`agentrec.training.runs.evaluate_run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from agentrec.cli.configfile import ConfigFile, convert, with_config
+from agentrec.cli.options import (
+    EMBEDDER_HELP,
+    REQUIRED,
+    SIGNALS_HELP,
+    ModelName,
+    QuietOption,
+    SemanticMode,
+    Split,
+    check_argument,
+    checked,
+    choices_help,
+    set_verbosity,
+)
+from agentrec.core.errors import UsageError
+from agentrec.core.options import POSITIVE, OptionError, Writable
+from agentrec.models import MODELS
+
+app = typer.Typer()
+
+TRAIN_CONFIG_HELP = ("A TOML or JSON file of train's options (keys as the option names, with _ or -), and the model's "
+                     "settings in a [model] or [model_settings] table (as --set); the older layout "
+                     '{"train": {...}, "model": {...}} is read too. Flags given here win over it.')
+
+
+@app.command("train")
+@with_config(required=("model", "data", "out"), sections=("train",), keep=("model", "model_settings"),
+             help=TRAIN_CONFIG_HELP)
+@checked(out=Writable())
+def train(
+    model: Annotated[Optional[ModelName], typer.Option(help="Model to train: " + choices_help(MODELS) + "." + REQUIRED)] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Prepared dataset folder." + REQUIRED)] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder to write (run.json, weights.safetensors)." + REQUIRED)] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Most epochs (default 30; early stopping usually ends sooner).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Training batch size (default 100, as SemSR).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (default 0.001).")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="L2 penalty (default 1e-5, as SR-GNN).")] = None,
+    lr_step: Annotated[Optional[int], typer.Option(help="Decay the learning rate every N epochs (default 3).")] = None,
+    lr_gamma: Annotated[Optional[float], typer.Option(help="Decay factor (default 0.1; 1 keeps it constant).")] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Stop after N epochs without validation improvement (default 3).")] = None,
+    select_metric: Annotated[Optional[str], typer.Option(help="Validation metric for early stopping: recall@K, mrr@K or ndcg@K (default recall@100, as SemSR).")] = None,
+    embedding_size: Annotated[Optional[int], typer.Option(help="Item and session vector size (default 100).")] = None,
+    model_option: Annotated[Optional[list[str]], typer.Option("--set", help="Model setting NAME=VALUE, e.g. --set sigma=8 --set hidden_size=64; see the model's Config.")] = None,
+    exclude_history: Annotated[Optional[bool], typer.Option("--exclude-history/--allow-history", help="Remove items already in the session from the candidates when validating (default: allow).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for initialisation and shuffling (default 0).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Torch threads (default 1: often fastest on a small shared machine).")] = None,
+    max_train_samples: Annotated[Optional[int], typer.Option(help="Train on a seeded subsample of this many samples.")] = None,
+    semantic: Annotated[Optional[SemanticMode], typer.Option(help="SemSR variant: 'init' starts the item table from LLM item embeddings (SemSR-I); 'fusion' adds a frozen LLM item table and session branch (SemSR-F).")] = None,
+    embedder: Annotated[str, typer.Option(help=EMBEDDER_HELP + " For --semantic.")] = "minilm",
+    signals: Annotated[Optional[str], typer.Option(help="With --semantic: " + SIGNALS_HELP)] = None,
+    quiet: QuietOption = False,
+    config_file: ConfigFile | None = None,
+):
+    """Train a model on the train split, selecting the epoch on validation; test is never touched.
+
+    Precedence: flags > --config file > defaults. Example:
+
+      agentrec train --model niser --data data/ml-100k --out runs/niser --epochs 20 --set sigma=16
+    """
+    set_verbosity(quiet=quiet)
+    from agentrec.core.metrics import format_metrics
+    from agentrec.data.dataset import PreparedDataset
+    from agentrec.pipelines.train import RunSpec, build_model_config, build_train_config, train_run
+
+    if signals and semantic is None:
+        raise UsageError("--signals augments the LLM item texts of --semantic init|fusion; add --semantic")
+    flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "lr_step": lr_step,
+             "lr_gamma": lr_gamma, "patience": patience, "select_metric": select_metric,
+             "exclude_history": exclude_history, "seed": seed, "threads": threads,
+             "max_train_samples": max_train_samples}
+    # every setting is range-checked here, before the dataset is read
+    train_config = build_train_config(None, flags)
+    model_config = None
+    if model != ModelName("pop"):
+        settings = model_settings(model.value, config_file, model_option or [])
+        try:
+            model_config = build_model_config(model.value, embedding_size=embedding_size, settings=settings)
+        except OptionError as error:
+            raise relabel_setting(error, settings, config_file, embedding_size) from None
+    dataset = PreparedDataset.load(data)
+    if not len(dataset.train):
+        raise UsageError(f"--data {data}: the train split is empty; prepare the dataset with more data or other "
+                         "protocol options (see 'agentrec data stats')")
+    spec = RunSpec(model=model.value, variant=semantic.value if semantic else None, embedder=embedder,
+                   signals=signals, train=train_config,
+                   model_settings=dataclasses.asdict(model_config) if model_config is not None else {})
+    info = train_run(spec, dataset, out, progress=not quiet)
+    if info.semantic:
+        typer.echo(f"semantic variant: {info.semantic}")
+    if info.history:
+        typer.echo(f"best epoch {info.best_epoch} of {len(info.history)} by validation {train_config.select_metric}; "
+                   f"median {info.extra['median_samples_per_second']:.0f} training samples/s")
+    typer.echo(f"{info.model} on {dataset.name}: validation ({len(dataset.valid):,} samples)")
+    typer.echo(format_metrics(info.valid))
+    typer.echo(f"\nwrote {out}; test it once with 'agentrec evaluate {out}'")
+
+
+class _Settings(dict):
+    """Model settings with where each came from (``--set sigma`` or ``cfg.toml: model.sigma``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.labels: dict[str, str] = {}
+
+
+def model_settings(name: str, config_file: ConfigFile | None, typed: list[str]) -> _Settings:
+    """The model's settings from the file's ``[model]`` / ``[model_settings]`` table, then ``--set``,
+    typed by the model's Config; an unknown name or a wrong type is a UsageError naming where it came from."""
+    from agentrec.core.config import parse_setting
+
+    config_cls = MODELS.load(name).Config
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    hints = typing.get_type_hints(config_cls)
+    settings = _Settings()
+    for table in ("model", "model_settings"):
+        for key, value in ((config_file.sections.get(table) or {}) if config_file else {}).items():
+            label = f"{config_file.path}: {table}.{key}"
+            if key not in fields:
+                raise UsageError(f"{label}: {name} has no such setting; it has {', '.join(sorted(fields))}")
+            settings[key] = convert(value, hints[key], label)
+            settings.labels[key] = label
+    for text in typed:
+        key, value = parse_setting(text, config_cls)
+        settings[key] = value
+        settings.labels[key] = f"--set {key}"
+    return settings
+
+
+def relabel_setting(error: OptionError, settings: _Settings, config_file, embedding_size) -> OptionError:
+    """A model setting refused by its field name, named as the user gave it."""
+    if error.typed or (error.option == "embedding_size" and embedding_size is not None):
+        return error  # --embedding-size: named by the flag, or by its config-file key (with_config does that)
+    if error.option in settings.labels:
+        return error.as_typed(settings.labels[error.option])
+    return error
+
+
+@app.command("evaluate")
+@with_config()
+@checked(memory_mb=POSITIVE)
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run folder written by 'agentrec train'.")],
+    data: Annotated[Optional[Path], typer.Option(help="Dataset folder (default: the one the run was trained on; it must have the same fingerprint).")] = None,
+    split: Annotated[Split, typer.Option(help="Split to evaluate.")] = Split.test,
+    exclude_history: Annotated[Optional[bool], typer.Option("--exclude-history/--allow-history", help="Default: as the run was trained.")] = None,
+    memory_mb: Annotated[float, typer.Option(help="Memory budget for one chunk of scores.")] = 256.0,
+):
+    """Rank every test target against the full catalogue; print Recall, MRR and NDCG at 10, 20, 100."""
+    from agentrec.core.metrics import format_metrics
+    from agentrec.training.runs import evaluate_run
+
+    if split == Split.test:  # the test metrics go into RUN/run.json: an unwritable run is found before evaluating
+        check_argument("RUN", Writable(), run)
+    info, result = evaluate_run(run, data=data, split=split.value, exclude_history=exclude_history,
+                                memory_budget_mb=memory_mb, progress=True)
+    variant = f" + SemSR-{info.semantic['mode'][0].upper()} ({info.semantic.get('embedder')})" if info.semantic else ""
+    typer.echo(f"{info.model}{variant} on {info.dataset['name']} ({info.dataset.get('protocol')}), {split.value}: "
+               f"{result.describe()}")
+    typer.echo(format_metrics(result.metrics))
+    typer.echo(f"({result.seconds:.2f} s)")
