@@ -19,3 +19,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """The tiny RecBole dataset prepared through the CLI, once per module (leave-one-out: 4 items, 2 users)."""
+    from typer.testing import CliRunner
+
+    from agentrec.cli.main import app
+
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    result = CliRunner().invoke(app, ["data", "prepare", "recbole", "--source", str(FIXTURES / "recbole" / "tiny"),
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out

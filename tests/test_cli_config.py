@@ -37,11 +37,8 @@ class Stop(Exception):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "tiny"
-    result = runner.invoke(app, ["data", "prepare", "recbole", "--source", TINY, "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    return out
+def data(tiny_data):
+    return tiny_data
 
 
 @pytest.fixture

@@ -23,12 +23,8 @@ TINY = "tests/fixtures/recbole/tiny"
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """The tiny RecBole dataset, prepared once (leave-one-out: 4 items, 2 users)."""
-    out = tmp_path_factory.mktemp("data") / "tiny"
-    result = runner.invoke(app, ["data", "prepare", "recbole", "--source", TINY, "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    return out
+def data(tiny_data):
+    return tiny_data
 
 
 @pytest.fixture

@@ -113,3 +113,12 @@ def parse_setting(text: str, cls) -> tuple[str, object]:
     except (ValueError, json.JSONDecodeError):
         raise OptionError(f"--set {name}", f"takes {getattr(kind, '__name__', kind)}, got {raw!r}",
                           typed=True) from None
+
+
+def jsonable(value):
+    """``value`` with tuples turned into lists, recursively (what ``json`` writes and reads back)."""
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value

@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from agentrec.core import fsutil
+from agentrec.core.config import jsonable
 from agentrec.core.options import COUNT, SEED, OptionError, Range, check_writable
 from agentrec.data.api import prepare_dataset
 from agentrec.data.dataset import PreparedDataset
@@ -462,7 +463,7 @@ def run_compare(out: str | Path, config: CompareConfig | None = None, *, data: s
         "packages": _versions(),
         "dataset": {**dataset_ref(dataset), "protocol_params": dataset.stats.get("protocol", {}).get("params"),
                     "test_sessions": len(dataset.test)},
-        "config": _jsonable(asdict(config)),
+        "config": jsonable(asdict(config)),
         "train_config": asdict(state.train_config()),
         "seeds": {"training": config.seed, "few_shot_examples": prompts.seed, "sampling": generation.seed,
                   "bootstrap": config.seed},
@@ -483,14 +484,6 @@ def run_compare(out: str | Path, config: CompareConfig | None = None, *, data: s
     manifest["cpu_seconds"] = time.process_time() - cpu_started  # this process, all threads
     write_outputs(result, config)
     return result
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def write_outputs(result: CompareResult, config: CompareConfig) -> None:
@@ -598,7 +591,7 @@ class _State:
         self.models[name], self.infos[name] = model, info
         self.runs[name] = {"folder": str(folder), "key": spec.key(self.dataset), "reused": reused,
                            "best_epoch": info.best_epoch, "epochs_run": len(info.history),
-                           "train_s": _run_train_seconds(info), "spec": _jsonable(asdict(spec))}
+                           "train_s": _run_train_seconds(info), "spec": jsonable(asdict(spec))}
         return model
 
     def session_row(self, name: str) -> Row:

@@ -40,11 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
-from agentrec.core import fsutil
 from agentrec.core.errors import UsageError
 from agentrec.core.metrics import chunk_rows, format_metrics, metrics_from_ranks
 from agentrec.data.dataset import PreparedDataset
-from agentrec.pipelines.predict import DEFAULT_GROUND_DISTANCE, predict
+from agentrec.pipelines.predict import DEFAULT_GROUND_DISTANCE, predict, write_records
 from agentrec.training.runs import load_model
 
 logger = logging.getLogger(__name__)
@@ -332,16 +331,14 @@ def predict_hybrid(dataset, run: str | Path, strategy: str = "fscot", engine=Non
                        **({"distance": distance_of[int(item)]} if llm_flag else {})}
                       for item, llm_flag, score in zip(top[row], from_llm[row], picked[row]) if item > 0]
             target = int(targets[row])
-            lines.append(json.dumps({
+            lines.append({
                 "session": str(samples.session[row]), "sample": row, "split": split, "strategy": llm.strategy,
                 "title": llm.candidates.titles[row], "target": target, "target_title": titles[target - 1],
                 "rank": None if math.isinf(ranks[row]) else int(ranks[row]),
                 "llm_rank": None if math.isinf(llm.ranks[row]) else int(llm.ranks[row]), "top_k": listed,
-            }, ensure_ascii=False) + "\n")
-        fsutil.atomic_write_text(out, "".join(lines))
+            })
         result.out = str(out)
     result.seconds = time.perf_counter() - started
     if out is not None:
-        fsutil.atomic_write_text(out.with_suffix(".summary.json"),
-                                 json.dumps(result.summary(), indent=2, default=float) + "\n")
+        write_records(out, lines, result.summary())
     return result

@@ -375,14 +375,21 @@ def predict(dataset, strategy: str = "fs", engine: Engine | str | None = None, *
                 "tokens_in": int(found.tokens[row, 0]), "tokens_out": int(found.tokens[row, 1]),
                 "cached": bool(found.cached[row]),
             }
-            lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-        fsutil.atomic_write_text(out, "".join(lines))
+            lines.append(record)
         result.out = str(out)
     result.seconds = time.perf_counter() - started
     if out is not None:
-        fsutil.atomic_write_text(out.with_suffix(".summary.json"),
-                                 json.dumps(result.summary(), indent=2, default=_json_number) + "\n")
+        write_records(out, lines, result.summary())
     return result
+
+
+def write_records(out: Path, records: list[dict], summary: dict) -> None:
+    """One JSON line per session in ``out`` and the run's summary beside it (``.summary.json``), each
+    written aside and renamed into place."""
+    fsutil.atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False, default=_json_number) + "\n"
+                                          for r in records))
+    fsutil.atomic_write_text(out.with_suffix(".summary.json"),
+                             json.dumps(summary, indent=2, default=_json_number) + "\n")
 
 
 def resolve_engine(engine, engine_config: EngineConfig | None = None):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agentrec.core.config import check_model_config, merge_into, parse_setting, read_config_file
+from agentrec.core.config import check_model_config, jsonable, merge_into, parse_setting, read_config_file
 from agentrec.core.errors import UsageError
 from agentrec.models import MODELS
 from agentrec.models.semantic import SemanticFusion, semantic_init
@@ -72,21 +72,13 @@ class RunSpec:
 
     def key(self, dataset) -> str:
         """A short digest of the spec and the dataset's fingerprint: one run folder per distinct run."""
-        spec = _jsonable(asdict(self))
+        spec = jsonable(asdict(self))
         if not self.variant:  # the embedder and signals only matter to a SemSR variant
             spec.pop("embedder"), spec.pop("signals")
         if self.model == "pop":  # the popularity floor is counted, not trained
             spec = {"model": "pop", "exclude_history": self.train.exclude_history}
         payload = {"spec": spec, "dataset": dataset.fingerprint}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def build_train_config(config_path, flags: dict) -> TrainConfig:
