@@ -98,9 +98,22 @@ class SessionModel(nn.Module):
         """Whatever the scoring rule does to the item table alone (NISER: normalise it)."""
         return table
 
+    def score_query(self, sessions: torch.Tensor) -> torch.Tensor:
+        """Whatever the scoring rule does to the ``(B, D)`` session vectors alone (NISER: sigma * normalise)."""
+        return sessions
+
     def score(self, sessions: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        """The model's scoring rule: ``(B, D)`` sessions against a prepared ``(N + 1, D)`` table."""
-        return sessions @ table.t()
+        """The model's scoring rule: ``(B, D)`` sessions against a prepared ``(N + 1, D)`` table.
+
+        A product ``score_query(sessions) @ table.T``; a subclass that overrides this with another rule is
+        evaluated through ``score_chunk`` rather than the product path (``scores_are_products``).
+        """
+        return self.score_query(sessions) @ table.t()
+
+    @property
+    def scores_are_products(self) -> bool:
+        """True when every score is ``query_chunk(...) @ scoring_table().T`` (the rule is not overridden)."""
+        return type(self).score is SessionModel.score
 
     def scoring_table(self) -> torch.Tensor:
         """``prepare_table(item_table())``, computed once per set of weights while evaluating.
@@ -146,10 +159,23 @@ class SessionModel(nn.Module):
             extra=extra,
         )
 
+    def encode_chunk(self, samples, index: np.ndarray) -> torch.Tensor:
+        """``(len(index), D)`` session vectors of ``samples[index]``, for the evaluator."""
+        device = next(self.parameters()).device
+        return self.encode(self.make_batch(samples, index, device=device))
+
     def score_chunk(self, samples, index: np.ndarray) -> torch.Tensor:
         """``(len(index), N + 1)`` scores, for the evaluator."""
-        device = next(self.parameters()).device
-        return self(self.make_batch(samples, index, device=device))
+        return self.logits(self.encode_chunk(samples, index))
+
+    def query_chunk(self, samples, index: np.ndarray) -> torch.Tensor:
+        """``(len(index), D)`` vectors whose product with ``scoring_table()`` are the scores of ``samples[index]``.
+
+        With :attr:`scores_are_products`, ``score_chunk(samples, index)`` equals
+        ``query_chunk(samples, index) @ scoring_table().T`` with column 0 set to -inf: the evaluator's
+        product path (``agentrec.core.ranking``) scores the catalogue from these two parts.
+        """
+        return self.score_query(self.encode_chunk(samples, index))
 
     @classmethod
     def from_config(cls, config: dict, dataset) -> SessionModel:

@@ -253,10 +253,10 @@ class MSGAT(SessionModel):
             batch.extra["overlap"] = torch.from_numpy(overlap).to(device)
         return batch
 
-    def score_chunk(self, samples, index: np.ndarray) -> torch.Tensor:
-        """Scores of ``samples[index]``, encoded ``score_batch`` sessions at a time."""
-        score, step = super().score_chunk, self.config.score_batch
-        return torch.cat([score(samples, index[i : i + step]) for i in range(0, len(index), step)])
+    def encode_chunk(self, samples, index: np.ndarray) -> torch.Tensor:
+        """Session vectors of ``samples[index]``, encoded ``score_batch`` sessions at a time."""
+        encode, step = super().encode_chunk, self.config.score_batch
+        return torch.cat([encode(samples, index[i : i + step]) for i in range(0, len(index), step)])
 
     def item_table(self) -> torch.Tensor:
         return F.normalize(self.item_embedding.weight, dim=-1)
@@ -264,10 +264,10 @@ class MSGAT(SessionModel):
     def prepare_table(self, table: torch.Tensor) -> torch.Tensor:
         return F.normalize(table, dim=-1)
 
-    def score(self, sessions: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    def score_query(self, sessions: torch.Tensor) -> torch.Tensor:
         # scale * cosine lives in the scoring rule (not in logits or encode), so a wrapper that
         # fuses the vectors first (SemanticFusion) still scores with it
-        return self.config.scale * F.normalize(sessions, dim=-1) @ table.t()
+        return self.config.scale * F.normalize(sessions, dim=-1)
 
     def encode(self, batch: Batch) -> torch.Tensor:
         nodes = batch.extra["nodes"]  # (B, U)

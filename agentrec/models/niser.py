@@ -41,9 +41,9 @@ class NISER(SRGNN):
     def prepare_table(self, table: torch.Tensor) -> torch.Tensor:
         return F.normalize(table, dim=-1)
 
-    def score(self, sessions: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        # sigma * cosine: both sides normalised, so popular items cannot win on vector length
-        return self.config.sigma * F.normalize(sessions, dim=-1) @ table.t()
+    def score_query(self, sessions: torch.Tensor) -> torch.Tensor:
+        # sigma * cosine (the table is normalised by prepare_table): popular items cannot win on vector length
+        return self.config.sigma * F.normalize(sessions, dim=-1)
 
     def encode(self, batch: Batch) -> torch.Tensor:
         nodes = F.normalize(self.item_dropout(self.item_embedding(batch.extra["nodes"])), dim=-1)

@@ -119,8 +119,15 @@ class SemanticFusion(SessionModel):
     def prepare_table(self, table: torch.Tensor) -> torch.Tensor:
         return self.base.prepare_table(table)
 
+    def score_query(self, sessions: torch.Tensor) -> torch.Tensor:
+        return self.base.score_query(sessions)
+
     def score(self, sessions: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         return self.base.score(sessions, table)
+
+    @property
+    def scores_are_products(self) -> bool:
+        return self.base.scores_are_products
 
     def config_dict(self) -> dict:
         return self.base.config_dict()
