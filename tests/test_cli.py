@@ -4,9 +4,11 @@ import json
 import subprocess
 import sys
 
+from test_plots import read_png
 from typer.testing import CliRunner
 
 from agentrec.cli.main import app
+from agentrec.pipelines import plots
 
 runner = CliRunner()
 
@@ -37,10 +39,32 @@ def test_prepare_stats_train_evaluate(tmp_path, fixtures):
     result = runner.invoke(app, ["train", "--model", "pop", "--data", str(data), "--out", str(run)])
     assert result.exit_code == 0, result.output
     assert json.loads((run / "run.json").read_text())["test"] == {}  # training never looks at test
+    assert not (run / "learning_curve.png").exists()  # the popularity floor has no epochs
     result = runner.invoke(app, ["evaluate", str(run)])
     assert result.exit_code == 0, result.output
     assert "recall" in result.output and "full catalogue" in result.output
     assert "recall@20" in json.loads((run / "run.json").read_text())["test"]
+
+
+def test_train_draws_a_learning_curve_beside_the_run(tmp_path, tiny_data, monkeypatch):
+    run = tmp_path / "run"
+    args = ["train", "--model", "niser", "--data", str(tiny_data), "--out", str(run), "--epochs", "3",
+            "--patience", "3", "--quiet"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"(learning curve: {run / 'learning_curve.png'})" in result.output
+    read_png(run / "learning_curve.png")
+    assert len(json.loads((run / "run.json").read_text())["history"]) == 3
+    # the figure is part of the run folder: training again into it replaces the run and the figure
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in drawing")
+
+    monkeypatch.setattr(plots, "plot_learning_curve", broken)
+    again = runner.invoke(app, args)  # a figure that fails to draw never loses the run
+    assert again.exit_code == 0, again.output
+    assert "learning curve" not in again.output and (run / "weights.safetensors").exists()
+    assert sorted(path.name for path in run.iterdir()) == ["run.json", "weights.safetensors"]
 
 
 def test_evaluating_against_another_dataset_fails_clearly(tmp_path, fixtures):

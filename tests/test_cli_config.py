@@ -338,9 +338,13 @@ MANIFEST = {
     "python": "3.11", "packages": {"torch": "x"}, "seconds": 12.0, "cpu_seconds": 30.0, "outputs": {},
     "dataset": {"name": "ml-toy", "path": None, "fingerprint": "f" * 64},
     "config": {"strategies": ["fs"], "models": ["niser", "semsr-f"], "base": "niser", "hybrid": True,
-               "hybrid_model": "semsr-f", "hybrid_config": {"candidates": 3, "fusion": "blend", "weight": 0.25,
-                                                            "fill": False},
+               "hybrid_model": "semsr-f", "hybrid_config": {"candidates": 3, "fusion": "rrf", "weight": 0.25,
+                                                            "c": 10.0, "fill": False},
+               "hybrid_grid": {"weights": [0.0, 0.5], "candidates": [5, 20], "c": [10.0], "fusions": ["rrf"],
+                               "fill": False}, "valid_sessions": 7,
                "llm_sessions": 2, "embedder": "minilm", "epochs": 1, "max_train_samples": None, "patience": 2,
+               "train_batch_size": 128, "lr": 0.002, "lr_step": 2, "lr_gamma": 0.5, "weight_decay": 0.0,
+               "embedding_size": 32, "precision": "fp32", "train_budget_s": 300.0,
                "seed": 3, "threads": 1, "rerank_depth": 50, "bootstrap": 100, "level": 0.9},
     "llm": {"engine": "openai|fake-model", "engine_config": {
         "model": None, "device": "auto", "dtype": "auto", "batch_size": 8, "threads": 1, "base_url": "http://h:9/v1",
@@ -352,7 +356,7 @@ MANIFEST = {
 
 def test_compare_reruns_from_its_manifest(data, tmp_path, record):
     from agentrec.pipelines.compare import CompareConfig
-    from agentrec.pipelines.hybrid import HybridConfig
+    from agentrec.pipelines.hybrid import FusionGrid, HybridConfig
 
     record("agentrec.pipelines.compare", "run_compare")
     folder = tmp_path / "cmp"
@@ -364,14 +368,46 @@ def test_compare_reruns_from_its_manifest(data, tmp_path, record):
     (out, config), kwargs = record.calls["run_compare"]
     assert out == folder and kwargs["data"] == data and kwargs["engine"] == "openai"
     assert config == CompareConfig(strategies=("fs",), models=("niser", "semsr-f"), hybrid_config=HybridConfig(
-        candidates=3, fusion="blend", weight=0.25, fill=False), llm_sessions=2, epochs=1, max_train_samples=None,
-        seed=3, rerank_depth=50, bootstrap=100, level=0.9)
+        candidates=3, fusion="rrf", weight=0.25, c=10.0, fill=False), llm_sessions=2, epochs=1, max_train_samples=None,
+        train_batch_size=128, lr=0.002, lr_step=2, lr_gamma=0.5, weight_decay=0.0, embedding_size=32, precision="fp32",
+        train_budget_s=300.0, seed=3, rerank_depth=50, bootstrap=100, level=0.9, valid_sessions=7,
+        hybrid_grid=FusionGrid(weights=(0.25,), candidates=(3,), c=(10.0,), fill=False))
+    # a manifest without a fixed fusion: its grid is read back; an old rule (blend, rerank) is dropped, so the
+    # fusion is chosen on validation again
+    config_section = dict(MANIFEST["config"], hybrid_config={"candidates": 50, "fusion": "blend", "weight": 0.5,
+                                                              "fill": True})
+    (folder / "manifest.json").write_text(json.dumps(dict(manifest, config=config_section)))
+    result, output = invoke(["compare", "--config", folder / "manifest.json"])
+    assert stopped(result), output
+    (_, config), _ = record.calls["run_compare"]
+    assert config.hybrid_config is None
+    assert config.hybrid_grid == FusionGrid(weights=(0.0, 0.5), candidates=(5, 20), c=(10.0,), fill=False)
     assert kwargs["engine_config"].base_url == "http://h:9/v1" and kwargs["engine_config"].concurrency == 2
     # flags win over the manifest; --out moves the rerun elsewhere
     result, output = invoke(["compare", "--config", folder / "manifest.json", "--epochs", "2", "--out", tmp_path / "o"])
     assert stopped(result), output
     (out, config), _ = record.calls["run_compare"]
     assert out == tmp_path / "o" and config.epochs == 2 and config.seed == 3
+
+
+def test_a_manifest_from_before_the_training_settings_reruns_with_the_settings_of_then(data, tmp_path, record):
+    from agentrec.cli.compare import TRAINING_BEFORE_RECORDED
+
+    record("agentrec.pipelines.compare", "run_compare")
+    folder = tmp_path / "old"
+    folder.mkdir()
+    recorded = ("train_batch_size", "lr", "lr_step", "lr_gamma", "weight_decay", "embedding_size", "precision",
+                "train_budget_s")
+    old = {k: v for k, v in MANIFEST["config"].items() if k not in recorded}
+    old.update(epochs=3, max_train_samples=10_000)
+    (folder / "manifest.json").write_text(json.dumps(dict(MANIFEST, config=old,
+                                                          dataset=dict(MANIFEST["dataset"], path=str(data)))))
+    result, output = invoke(["compare", "--config", folder / "manifest.json"])
+    assert stopped(result), output
+    (_, config), _ = record.calls["run_compare"]
+    assert {k: getattr(config, k) for k in TRAINING_BEFORE_RECORDED} == TRAINING_BEFORE_RECORDED
+    assert (config.epochs, config.max_train_samples, config.train_budget_s) == (3, 10_000, None)
+    assert config.train_config().batch_size == 100 and config.train_config().precision == "fp32"
 
 
 @pytest.mark.integration

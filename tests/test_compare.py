@@ -15,6 +15,7 @@ import json
 import numpy as np
 import pytest
 from test_engines import FakeOpenAIServer
+from test_plots import read_png
 from test_predict import ScriptedEngine, scripted_reply
 from test_prompting import toy_movies
 
@@ -27,12 +28,12 @@ from agentrec.pipelines.compare import (
     per_session,
     run_compare,
 )
-from agentrec.pipelines.hybrid import HybridConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore:legacy embedding function config:DeprecationWarning")
 
-SMALL = dict(llm_sessions=3, epochs=1, max_train_samples=None, bootstrap=200,
-             hybrid_config=HybridConfig(candidates=3))
+SMALL = dict(strategies=("fs", "zcot", "fscot"), models=("niser", "semsr-i", "semsr-f", "semsr-i+", "semsr-f+"),
+             llm_sessions=3, epochs=1, max_train_samples=None, bootstrap=200)
+# the toy has one validation session: each hybrid's fusion is chosen on it (the plumbing, not a real choice)
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -122,16 +123,25 @@ def test_compare_puts_every_method_on_the_same_sessions(compared, toy):
     assert llm_fs.ranks[:2].tolist() == [1.0, 1.0] and np.isinf(llm_fs.ranks[2]) and llm_fs.tokens > 0
     hybrid = same.rows[names.index("Hybrid FS -> SemNISER-F")]
     assert np.isfinite(hybrid.ranks).all()  # fill gives the no-title session the model's list
-    assert len(result.trained) == 4 and engine.chats == 3 * (1 + 2 + 2)  # fs one step, zcot and fscot two
+    # fs one step, zcot and fscot two, for 3 test sessions; the validation session the fusion is chosen on
+    # (generated first) shows the same history as the first test session: that one comes from the cache
+    assert len(result.trained) == 4 and engine.chats == 3 * (1 + 2 + 2)
+    assert result.manifest["llm"]["rows"]["fs (valid)"]["n"] == 1
+    checks = result.hybrid_checks
+    assert [c["hybrid"] for c in checks] == names[-3:] and all(c["selection"]["n"] == 1 for c in checks)
+    assert all(len(c["selection"]["grid"]) == 44 and c["n"] == 3 for c in checks)
 
 
 @pytest.mark.integration
-def test_compare_writes_tables_plot_and_manifest(compared):
+def test_compare_writes_tables_figures_and_manifest(compared):
     out, result, _ = compared
-    for name in ("compare.md", "compare.csv", "compare.json", "recall_at_k.png", "manifest.json"):
+    for name in ("compare.md", "compare.csv", "compare.json", "manifest.json"):
         assert (out / name).stat().st_size > 0, name
-    assert (out / "recall_at_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    figures = ("forest.png", "cost_quality.png", "recall_at_k.png")
+    for name in figures:
+        read_png(out / name)  # a PNG that matplotlib reads back, with something drawn on it
     markdown = (out / "compare.md").read_text()
+    assert "### Figures" in markdown and all(f"({name})" in markdown for name in figures)
     assert "Table 1: every method on the same 3 test sessions" in markdown and "bootstrap" in markdown
     assert "| LLM FSCoT | 3 |" in markdown and "CPU s/1k" in markdown
     rows = list(csv.DictReader(open(out / "compare.csv")))
@@ -139,6 +149,7 @@ def test_compare_writes_tables_plot_and_manifest(compared):
     data = json.loads((out / "compare.json").read_text())
     assert [t["n"] for t in data["tables"]] == [3, 4]
     manifest = json.loads((out / "manifest.json").read_text())
+    assert set(figures) <= set(manifest["outputs"])
     assert manifest["dataset"]["fingerprint"] == result.manifest["dataset"]["fingerprint"]
     assert manifest["train_config"]["epochs"] == 1 and manifest["seeds"]["bootstrap"] == 0
     assert manifest["llm"]["engine"] == "scripted|v1" and manifest["llm"]["sessions"] == 3
@@ -162,6 +173,49 @@ def test_a_rerun_trains_and_generates_nothing(compared, toy):
     changed = run_compare(out, CompareConfig(**{**SMALL, "epochs": 2, "models": ("niser",), "strategies": ()}),
                           data=toy.path, progress=False)
     assert len(changed.trained) == 1 and "niser-" in changed.trained[0]
+
+
+def test_defaults_train_niser_and_semniser_f_on_the_whole_training_split():
+    from agentrec.training.trainer import TrainConfig
+
+    config = CompareConfig()
+    assert config.models == ("niser", "semsr-f")  # SemSR-I and the "+" re-rankers are opt-in
+    assert config.max_train_samples is None  # every training sample, no subsample
+    train = config.train_config()
+    assert isinstance(train, TrainConfig) and train.max_train_samples is None
+    assert (train.epochs, train.patience, train.batch_size, train.lr, train.lr_step, train.lr_gamma,
+            train.weight_decay, train.precision, train.time_budget_s) == (
+        config.epochs, config.patience, config.train_batch_size, config.lr, config.lr_step, config.lr_gamma,
+        config.weight_decay, config.precision, config.train_budget_s)
+    assert train.select_metric == "recall@100" and train.patience < train.epochs  # early stopping on validation
+
+
+def test_cli_defaults_are_compare_configs_defaults(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    import agentrec.pipelines.compare as compare_module
+    from agentrec.cli.main import app
+
+    seen = {}
+
+    def recorder(out, config, **kwargs):
+        seen["config"] = config
+        raise KeyboardInterrupt  # stop before anything runs
+
+    monkeypatch.setattr(compare_module, "run_compare", recorder)
+    CliRunner().invoke(app, ["compare", "--out", str(tmp_path / "cmp")])
+    assert seen["config"] == CompareConfig()
+
+
+def test_training_options_are_checked_under_compares_names():
+    with pytest.raises(ValueError, match="train_batch_size must be >= 1"):
+        CompareConfig(train_batch_size=0)
+    with pytest.raises(ValueError, match="train_budget_s must be > 0"):
+        CompareConfig(train_budget_s=0)
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, auto"):
+        CompareConfig(precision="fp16")
+    with pytest.raises(ValueError, match="embedding_size must be >= 1"):
+        CompareConfig(embedding_size=0)
 
 
 def test_config_errors_name_the_choices():
@@ -192,7 +246,9 @@ def test_cli_compare_on_a_tiny_dataset(toy, tmp_path):
         assert done.exit_code == 0, done.output
         assert "Table 1: every method on the same 2 test sessions" in done.output
         assert "Hybrid FS -> SemNISER-F" in done.output and "3 models trained" in done.output
-        assert len(server.requests) == 2
+        assert f"figures: {tmp_path / 'cmp' / 'forest.png'}, " in done.output and "cost_quality.png" in done.output
+        assert "Hybrid FS -> SemNISER-F - SemNISER-F, 2 test sessions:" in done.output
+        assert len(server.requests) == 2  # the validation session's chat is the first test session's: cached
         again = runner.invoke(app, args + ["--base-url", server.url])
         assert again.exit_code == 0 and "no model trained (all reused); 0 chats sent" in again.output
         assert len(server.requests) == 2

@@ -86,3 +86,19 @@ def test_popularity_ranks_by_training_frequency():
     result = rank_samples(lambda i: model.score_chunk(test, i), test, 3, ks=(1, 2))
     # order: 2 (3 times), 3 (once), 1 (never) -> target 3 is second
     assert result.ranks.tolist() == [2]
+
+
+def test_bootstrap_interval_is_seeded_paired_and_exact_on_constants():
+    from agentrec.core.metrics import bootstrap_interval
+
+    lo, hi = bootstrap_interval(np.full(50, 0.25), resamples=200)
+    assert lo == hi == 0.25  # every resample has the same mean
+    rng = np.random.default_rng(0)
+    values = rng.random((3, 80))
+    lo, hi = bootstrap_interval(values, resamples=300, seed=4)
+    assert lo.shape == hi.shape == (3,) and np.all(lo <= values.mean(1)) and np.all(values.mean(1) <= hi)
+    again = bootstrap_interval(values, resamples=300, seed=4)
+    assert np.array_equal(lo, again[0]) and np.array_equal(hi, again[1])
+    # rows share the resamples: a row and its copy shifted by 1 have intervals exactly 1 apart
+    shifted = bootstrap_interval(np.stack([values[0], values[0] + 1.0]), resamples=300, seed=4)
+    assert np.allclose(shifted[0][1] - shifted[0][0], 1.0) and np.allclose(shifted[1][1] - shifted[1][0], 1.0)

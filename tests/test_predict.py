@@ -18,6 +18,7 @@ import re
 import numpy as np
 import pytest
 from test_engines import FakeOpenAIServer
+from test_plots import read_png
 from test_prompting import toy_movies
 
 from agentrec.llm import EngineError, Generation
@@ -174,6 +175,7 @@ def test_predict_grounds_titles_and_measures_known_answers(toy, index, tmp_path)
     assert result.tokens_in == 100 + 101 + 102 + 103 and result.tokens_out == 20 == result.generated_tokens_out
     assert result.engine_calls == 4 and result.cache_hits == 0 and result.cache_lookups == 4
     assert result.protocol == PROTOCOL and "history items allowed" in result.describe()
+    read_png(out.with_suffix(".distances.png"))  # the histogram of the three parsed titles' distances
     summary = json.loads(out.with_suffix(".summary.json").read_text())
     assert summary["unparseable_rate"] == 0.25 and summary["metrics"] == result.metrics and "ranks" not in summary
 
@@ -191,7 +193,7 @@ def test_the_candidates_in_memory_are_the_lines_written(toy, index, tmp_path):
     assert found.titles[2] is None and (found.item_ids[2] == 0).all() and np.isinf(found.distances[2]).all()
     assert found.head(5)[0].shape == (4, 5) and (found.head(5)[0][:, 3:] == 0).all()  # padded as read_candidates
     # written aside and renamed into place: no temporary file is left; the summary has no arrays
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["fs.jsonl", "fs.summary.json"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["fs.distances.png", "fs.jsonl", "fs.summary.json"]
     assert "candidates" not in json.loads((tmp_path / "fs.summary.json").read_text())
     quiet = predict(toy, "fs", ScriptedEngine(), k=3, index=index, cache=False)  # no out: nothing written
     assert quiet.out is None and np.array_equal(quiet.candidates.item_ids, ids) and np.array_equal(quiet.ranks,
@@ -273,6 +275,7 @@ def test_cli_predict_with_an_openai_compatible_server(toy, store, tmp_path):
         done = runner.invoke(app, args)
         assert done.exit_code == 0, done.output
         assert "recall" in done.output and "1 unparseable (25.0%)" in done.output and "openai|fake-model" in done.output
+        assert f"grounding distances: {tmp_path / 'fs.distances.png'}" in done.output
         assert len(server.requests) == 4 and len(lines(tmp_path / "fs.jsonl")) == 4
         again = runner.invoke(app, args)
         assert again.exit_code == 0 and "4 of 4 chats from the cache (100%)" in again.output

@@ -501,7 +501,8 @@ def test_compare_outputs_are_replaced_whole_and_listed_in_the_manifest(tmp_path)
     (tmp_path / "compare.md").write_text("an old table")
     write_outputs(result, config)
     written = json.loads((tmp_path / "manifest.json").read_text())["outputs"]
-    assert set(written) == {"compare.md", "compare.csv", "compare.json", "recall_at_k.png"}
+    assert set(written) == {"compare.md", "compare.csv", "compare.json", "forest.png", "cost_quality.png",
+                            "recall_at_k.png"}
     for name, entry in written.items():
         data = (tmp_path / name).read_bytes()
         assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}

@@ -85,22 +85,24 @@ def test_rank_samples_counts_nonfinite_targets_and_keeps_exclusion():
 
 def test_hybrid_nonfinite_target_ranks_last_and_nan_counts_against_the_model():
     model = np.array([-INF, 8.0, 1.0, 3.0, 6.0, 1.0, 6.0, 2.0, 0.5])
-    candidates, distances = np.array([[5, 3, 7]]), np.array([[0.1, 0.2, 0.3]])
+    candidates = np.array([[5, 3, 7]])
     broken = model.copy()
     broken[7] = NAN
-    # target 7 among the candidates, scored NaN: last in the catalogue, not 2nd
-    for config in (HybridConfig(), HybridConfig(fill=False), HybridConfig(fusion="blend", weight=0.5)):
-        ranks, _, _ = hybrid_ranks(candidates, distances, broken[None], [7], config, k=5)
+    # target 7 among the LLM's candidates, scored NaN: last in the catalogue, not near the top
+    for config in (HybridConfig(), HybridConfig(fill=False), HybridConfig(weight=0.0), HybridConfig(weight=1.0)):
+        ranks, _, _ = hybrid_ranks(candidates, broken[None], [7], config, k=5)
         assert ranks.tolist() == [8.0], config
-    # target 6 outside, filled: NaN item 2 now counts like a tie: 3 + #{1, 4, 6, 2} = 7 (was 6)
+    # target 6 outside: NaN item 2 now counts like a tie, as in the evaluator: 3 -> 4 at w = 0
     broken = model.copy()
     broken[2] = NAN
-    ranks, _, _ = hybrid_ranks(candidates, distances, broken[None], [6], HybridConfig(), k=5)
-    assert ranks.tolist() == [7.0]
-    # a NaN candidate sorts first (against the model): target 3 moves from 1st to 2nd
+    ranks, _, _ = hybrid_ranks(candidates, broken[None], [6], HybridConfig(weight=0.0), k=5)
+    assert ranks.tolist() == [4.0] == target_ranks(torch.tensor(broken[None]), torch.tensor([6])).tolist()
+    # a NaN candidate counts as the model's best (against the model): target 3 moves from 1st to 2nd
+    ranks, _, _ = hybrid_ranks(candidates, model[None], [3], HybridConfig(), k=5)
+    assert ranks.tolist() == [1.0]
     broken = model.copy()
     broken[5] = NAN
-    ranks, _, _ = hybrid_ranks(candidates, distances, broken[None], [3], HybridConfig(), k=5)
+    ranks, _, _ = hybrid_ranks(candidates, broken[None], [3], HybridConfig(), k=5)
     assert ranks.tolist() == [2.0]
 
 

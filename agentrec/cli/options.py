@@ -96,8 +96,7 @@ class SemanticMode(str, Enum):
 
 
 class FusionName(str, Enum):
-    rerank = "rerank"  # agentrec.pipelines.hybrid.FUSIONS
-    blend = "blend"
+    rrf = "rrf"  # agentrec.pipelines.hybrid.FUSIONS: weighted reciprocal-rank fusion
 
 
 class Split(str, Enum):

@@ -1,4 +1,4 @@
-"""``agentrec predict``: an LLM as the recommender, alone or re-ranked by a trained model (``--hybrid``).
+"""``agentrec predict``: an LLM as the recommender, alone or fused with a trained model (``--hybrid``).
 
 ``predict`` is :func:`agentrec.pipelines.predict.predict`; with ``--hybrid RUN`` it is
 :func:`agentrec.pipelines.hybrid.predict_hybrid`.
@@ -64,11 +64,12 @@ DEFAULT_OUT = Path("runs/predict")
 @checked(cache_file=Writable(folder=False), k=COUNT, limit=COUNT, examples=NON_NEGATIVE_INT, seed=SEED,
          max_history=COUNT, title_tokens=COUNT, rationale_tokens=COUNT, temperature=NON_NEGATIVE, chunk_size=COUNT,
          threads=COUNT, ground_distance=Range(0, 2, note="a cosine distance"), candidates=COUNT, weight=UNIT,
+         rrf_c=NON_NEGATIVE, valid_sessions=COUNT,
          fields=Names(ITEM_FIELDS))
 def predict(
     strategy: Annotated[Optional[StrategyName], typer.Option(help="Prompting strategy (SemSR 3.2): " + choices_help(STRATEGIES) + "." + REQUIRED)] = None,
     data: Annotated[Optional[Path], typer.Option(help="Prepared dataset folder (default: data/ml-100k, MovieLens-100K prepared with leave-one-out if missing).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="JSON-lines file to write, one line per session, with a .summary.json beside it (default: runs/predict/STRATEGY-DATASET.jsonl).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="JSON-lines file to write, one line per session, with a .summary.json and a histogram of the grounding distances (.distances.png) beside it (default: runs/predict/STRATEGY-DATASET.jsonl).")] = None,
     k: Annotated[int, typer.Option("--k", "-k", help="Grounded list length: the K catalogue items nearest to the generated title.")] = 20,
     limit: Annotated[Optional[int], typer.Option(help=f"Only the first N sessions of the split (default {DEFAULT_LIMIT}: minutes on a CPU; --all for every session).")] = None,
     all_sessions: Annotated[bool, typer.Option("--all", help="Predict every session of the split (instead of the default --limit).")] = False,
@@ -90,11 +91,13 @@ def predict(
     store: Annotated[Path, typer.Option(help=STORE_HELP + " The index is built there on first use.")] = Path("vectorstore"),
     chroma_host: ChromaHostOption = None,
     ground_distance: Annotated[float, typer.Option(help="Cosine distance above which a generated title counts as ungrounded (hallucinated).")] = 0.4,
-    hybrid: Annotated[Optional[Path], typer.Option(help="Hybrid mode: a run folder (e.g. a SemSR-F run from 'agentrec train --semantic fusion') whose model re-ranks the LLM's grounded candidates; trained on this dataset.", rich_help_panel="Hybrid")] = None,
-    candidates: Annotated[int, typer.Option(help="Hybrid: the generated title's M nearest items are the candidates.", rich_help_panel="Hybrid")] = 50,
-    fusion: Annotated[FusionName, typer.Option(help="Hybrid: rerank (the model's score alone) or blend (weighted with the LLM's retrieval similarity, both min-max normalised over the candidates).", rich_help_panel="Hybrid")] = FusionName.rerank,
-    weight: Annotated[float, typer.Option(help="Hybrid blend: weight of the LLM's similarity (1 - weight on the model's score).", rich_help_panel="Hybrid")] = 0.5,
-    fill: Annotated[bool, typer.Option("--fill/--no-fill", help="Hybrid: continue the list after the candidates with the model's own ranking of the rest of the catalogue.", rich_help_panel="Hybrid")] = True,
+    hybrid: Annotated[Optional[Path], typer.Option(help="Hybrid mode: a run folder (e.g. a SemSR-F run from 'agentrec train --semantic fusion') whose model is fused with the LLM's grounded list; trained on this dataset. The fusion's weight and M are chosen on validation sessions unless both are given.", rich_help_panel="Hybrid")] = None,
+    valid_sessions: Annotated[int, typer.Option(help="Hybrid: the LLM also writes titles for the first N validation sessions, where w and M are chosen (validation Recall@20, ties by MRR@20, then the smaller w); about 1.3 s per FS session with SmolLM2 on one thread.", rich_help_panel="Hybrid")] = 100,
+    candidates: Annotated[Optional[int], typer.Option(help="Hybrid: M, fixed: the LLM's grounded top-M (and the model's top-M) are the candidates (default: chosen on validation from 5, 20, 50, 100).", rich_help_panel="Hybrid")] = None,
+    weight: Annotated[Optional[float], typer.Option(help="Hybrid: w, fixed: the LLM's share of the fusion; 0 is the model's ranking exactly, 1 lists the LLM's top-M first (default: chosen on validation from 0, 0.1, ..., 1).", rich_help_panel="Hybrid")] = None,
+    fusion: Annotated[FusionName, typer.Option(help="Hybrid: the fusion rule; rrf: (1 - w) / (c + model rank) + w / (c + LLM position).", rich_help_panel="Hybrid")] = FusionName.rrf,
+    rrf_c: Annotated[float, typer.Option(help="Hybrid: the constant c of the reciprocal-rank fusion.", rich_help_panel="Hybrid")] = 60.0,
+    fill: Annotated[bool, typer.Option("--fill/--no-fill", help="Hybrid: list the whole catalogue (items in neither top-M list keep the model's order), or the candidates alone.", rich_help_panel="Hybrid")] = True,
     quiet: QuietOption = False,
     engine: str = "hf",
     engine_config: Optional[EngineConfig] = None,
@@ -114,7 +117,9 @@ def predict(
 
       agentrec predict --strategy fscot --data data/beauty --engine vllm --model meta-llama/Meta-Llama-3-8B-Instruct --all
 
-      agentrec predict --strategy fscot --data data/ml-100k --hybrid runs/semsr-f --out runs/llm/hybrid.jsonl
+      agentrec predict --strategy fs --data data/ml-100k --hybrid runs/semsr-f --out runs/llm/hybrid.jsonl
+
+      agentrec predict --strategy fs --data data/ml-100k --hybrid runs/semsr-f --weight 0.3 --candidates 20
     """
     set_verbosity(quiet=quiet)
     if all_sessions and limit is not None:
@@ -144,7 +149,13 @@ def predict(
         data_text += f" (the offline default: MovieLens-100K, leave-one-out{'; prepared now' if prepared else ''})"
     typer.echo(f"data:  {data_text}")
     typer.echo(f"out:   {out}" + ("" if given_out else " (the default)"))
-    typer.echo(f"limit: {limit_text}\n")
+    if hybrid is not None and (weight is None or candidates is None):
+        typer.echo(f"limit: {limit_text}")
+        typer.echo(f"valid: the first {valid_sessions} validation sessions, where the hybrid's "
+                   f"{' and '.join(n for n, v in (('w', weight), ('M', candidates)) if v is None)} are chosen "
+                   "(--weight and --candidates fix them)\n")
+    else:
+        typer.echo(f"limit: {limit_text}\n")
 
     from agentrec.pipelines.predict import GenerationConfig
     from agentrec.pipelines.predict import predict as predict_llm
@@ -157,16 +168,23 @@ def predict(
                   cache=False if no_cache else (cache_file or True), ground_distance=ground_distance,
                   progress=not quiet)
     if hybrid is not None:
-        from agentrec.pipelines.hybrid import HybridConfig, predict_hybrid
+        from agentrec.pipelines.hybrid import FusionGrid, predict_hybrid
 
-        config = HybridConfig(candidates=candidates, fusion=fusion.value, weight=weight, fill=fill)
-        result = predict_hybrid(data, hybrid, strategy.value, engine, config=config, **common)
+        default = FusionGrid()  # what is not given is chosen on validation; both given: no validation sessions
+        grid = FusionGrid(weights=default.weights if weight is None else (weight,),
+                          candidates=default.candidates if candidates is None else (candidates,), c=(rrf_c,),
+                          fusions=(fusion.value,), fill=fill)
+        result = predict_hybrid(data, hybrid, strategy.value, engine, grid=grid, valid_sessions=valid_sessions,
+                                **common)
     else:
         result = predict_llm(data, strategy.value, engine, **common)
     typer.echo(result.describe())
     llm_alone = out.with_suffix(".llm.jsonl")
     also = f", {llm_alone} (the LLM alone)" if hybrid is not None and llm_alone.exists() else ""
     typer.echo(f"\nwrote {out}{also} and {out.with_suffix('.summary.json')}")
+    histogram = (llm_alone if hybrid is not None else out).with_suffix(".distances.png")
+    if histogram.exists():
+        typer.echo(f"grounding distances: {histogram}")
 
 
 def default_data_folder() -> Path:

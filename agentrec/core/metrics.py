@@ -178,6 +178,25 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="sample", leave=False)
 
 
+def bootstrap_interval(values, *, resamples: int = 1000, seed: int = 0, level: float = 0.95
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap interval of the mean over the last axis of ``values`` (``(..., n)`` per-session values).
+
+    The ``n`` sessions are resampled ``resamples`` times with ``numpy.random.default_rng(seed)``; every leading
+    row uses the same resamples, so for per-session differences of two methods the interval is paired.
+    Returns ``(lo, hi)``, each of shape ``values.shape[:-1]``.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    n = values.shape[-1]
+    index = np.random.default_rng(seed).integers(0, n, size=(resamples, n))  # (R, n)
+    tail = (1.0 - level) / 2.0
+    flat = values.reshape(-1, n)
+    lo, hi = np.empty(len(flat)), np.empty(len(flat))
+    for row, series in enumerate(flat):  # one (R, n) block at a time: memory stays R x n
+        lo[row], hi[row] = np.quantile(series[index].mean(-1), [tail, 1.0 - tail])
+    return lo.reshape(values.shape[:-1]), hi.reshape(values.shape[:-1])
+
+
 def format_metrics(metrics: dict[str, float], ks=DEFAULT_KS, *, percent: bool = True) -> str:
     """One aligned block: a row per metric family, a column per K."""
     scale = 100.0 if percent else 1.0

@@ -5,7 +5,8 @@
 * **Rows.** The popularity floor; the session models (``niser`` ...) and SemSR's variants of the
   ``base`` model (``semsr-i``, ``semsr-f``, and ``semsr-i+`` / ``semsr-f+``: their top-100 re-ordered by
   the plain model); the LLM as recommender for each strategy (:mod:`agentrec.pipelines.predict`); and the hybrid
-  of each strategy with the ``hybrid_model`` (:mod:`agentrec.pipelines.hybrid`).
+  of each strategy with the ``hybrid_model`` (:mod:`agentrec.pipelines.hybrid`), its fusion chosen on the LLM's
+  titles for the first ``valid_sessions`` validation sessions (never on test) unless ``hybrid_config`` fixes it.
 * **Two tables, stated.** LLM generation is slow, so LLM and hybrid rows run on the first
   ``llm_sessions`` test sessions (split order). Table 1 holds **every** method on exactly those
   sessions; table 2 holds the methods that are cheap enough for the whole test split (floor, session
@@ -13,7 +14,9 @@
 * **Noise.** Every metric has a percentile bootstrap interval (``bootstrap`` resamples of sessions,
   seeded, 95 %). Within each table and metric the best row is marked, and every other row is
   compared with it by a **paired** bootstrap (the same resampled sessions for both rows): if the 95 %
-  interval of ``best - row`` contains 0, the row is marked "within noise" (``~``).
+  interval of ``best - row`` contains 0, the row is marked "within noise" (``~``). Each hybrid row is also
+  set against its model alone on the same sessions (:func:`hybrid_check`: the paired interval of hybrid -
+  model for every metric; "not below its model" when the upper bounds of Recall@20 and MRR@20 reach 0).
 * **Cost.** Inference per 1,000 sessions: tokens (LLM in + out), wall seconds, and CPU seconds
   (process time, all threads: the cost column). Training is a separate one-off column (wall seconds,
   from the run record). Cached rows keep the timings of the run that computed them.
@@ -21,9 +24,10 @@
   KEY hashes the configuration and the dataset fingerprint; generations are cached in
   ``OUT/generations.sqlite``. A rerun with the same settings trains and generates nothing. A hybrid row
   takes its LLM row's grounded candidates in memory (a reused LLM row's from its lines, the same arrays).
-* **Files.** ``compare.md``, ``compare.csv``, ``compare.json``, ``recall_at_k.png`` (Recall@K against K
-  for every method, as in the SemSR paper's Figure 3) and ``manifest.json`` (versions, git commit,
-  seeds, every configuration, data fingerprints) in ``OUT``.
+* **Files.** ``compare.md``, ``compare.csv``, ``compare.json``, three figures (:func:`draw_figures`:
+  ``forest.png``, Recall@20 and MRR@20 with their intervals; ``cost_quality.png``, CPU seconds per 1,000
+  sessions against Recall@20; ``recall_at_k.png``, Recall@K against K as in the SemSR paper's Figure 3)
+  and ``manifest.json`` (versions, git commit, seeds, every configuration, data fingerprints) in ``OUT``.
 
 Example::
 
@@ -50,6 +54,7 @@ import numpy as np
 
 from agentrec.core import fsutil
 from agentrec.core.config import jsonable
+from agentrec.core.metrics import bootstrap_interval
 from agentrec.core.options import COUNT, SEED, OptionError, Range, check_writable
 from agentrec.data.api import prepare_dataset
 from agentrec.data.dataset import PreparedDataset
@@ -57,7 +62,19 @@ from agentrec.llm import EngineConfig, get_engine
 from agentrec.llm.prompts import STRATEGIES, PromptConfig
 from agentrec.models import MODELS
 from agentrec.models.semantic import Reranked
-from agentrec.pipelines.hybrid import HybridConfig, hybrid_ranks, model_scores, read_candidates
+from agentrec.pipelines import plots
+from agentrec.pipelines.hybrid import (
+    MODEL_ALONE,
+    FusionGrid,
+    HybridConfig,
+    choose_fusion,
+    first_scores,
+    FusionSelection,
+    grid_ranks,
+    hybrid_protocol,
+    hybrid_ranks,
+    read_candidates,
+)
 from agentrec.pipelines.predict import PROTOCOL, GenerationConfig, predict
 from agentrec.pipelines.train import RunSpec, load_llm_table, train_or_reuse
 from agentrec.retrieval.index import CatalogueIndex
@@ -75,25 +92,51 @@ STRATEGY_LABELS = {"fs": "FS", "zcot": "ZCoT", "fscot": "FSCoT"}
 LLM_K = max(KS)  # the LLM rows ground top-100 lists, so every K of the table is measured
 COST_NOTE = ("per 1,000 sessions of inference: tokens = LLM tokens in + out; wall = wall-clock seconds; "
              "CPU = process CPU seconds over all threads (the cost measure); train = one-off training wall seconds "
-             "(I+/F+: both models; hybrid: its model); cached rows keep the timings of the run that computed them")
+             "(I+/F+: both models; hybrid: its model and the LLM's validation titles its fusion is chosen on); cached rows keep the timings of the run that computed them")
 SESSION_PROTOCOL = "full catalogue, ties count against the model, history items allowed"
+# compare's prompts are shorter than predict's (3 examples, 10 session items, 32 title tokens): on this 2-core
+# machine SmolLM2 (hf, one thread) spends most of an FS session reading its prompt. Measured on 100 ML-100K test
+# sessions: 78 CPU s per 100 sessions instead of 116, with the same LLM quality within noise (Recall@100 8% and
+# 7%), so 100 test and 100 validation sessions fit the default run. A title fits in 20 tokens with the model's
+# preamble ("The next session is: '...'"); the examples still come from training sessions only.
+LLM_PROMPTS = dict(examples=2, max_history=5)  # few-shot examples; most recent session items shown
+LLM_GENERATION = dict(title_tokens=20, chunk_size=16)  # most new tokens of a title; a progress line every 16
 
 
 @dataclass
 class CompareConfig:
     """What :func:`run_compare` runs. Defaults fit the offline default on a 2-core machine in minutes."""
 
-    strategies: tuple[str, ...] = ("fs", "zcot", "fscot")  # LLM prompting strategies (SemSR 3.2)
-    models: tuple[str, ...] = ("niser", "semsr-i", "semsr-f", "semsr-i+", "semsr-f+")  # the popularity floor is always added
+    # LLM prompting strategies (SemSR 3.2); FS alone by default so that 100 test and 100 validation sessions fit
+    # the default run's budget (about 0.8 s per FS session with SmolLM2 on one thread; CoT steps cost 3-4x that)
+    strategies: tuple[str, ...] = ("fs",)
+    # NISER and SemNISER-F, converged (CLARIFICATIONS #10); semsr-i and the "+" re-rankers are opt-in. The
+    # popularity floor is always added
+    models: tuple[str, ...] = ("niser", "semsr-f")
     base: str = "niser"  # the session model that the SemSR variants wrap
     hybrid: bool = True  # a hybrid row per strategy
-    hybrid_model: str = "semsr-f"  # the model that re-ranks the LLM's candidates (trained if not in models)
-    hybrid_config: HybridConfig = field(default_factory=HybridConfig)
-    llm_sessions: int = 30  # LLM and hybrid rows: the first N test sessions (SmolLM2, 1 CPU thread: 2-15 s each)
+    hybrid_model: str = "semsr-f"  # the model fused with the LLM's grounded lists (trained if not in models)
+    hybrid_grid: FusionGrid = field(default_factory=FusionGrid)  # fusions tried on validation (w, M, c)
+    hybrid_config: HybridConfig | None = None  # a fusion fixed by hand instead (no validation sessions generated)
+    llm_sessions: int = 100  # LLM and hybrid rows: the first N test sessions (SmolLM2, 1 CPU thread: 1-5 s each)
+    valid_sessions: int = 100  # the hybrid's fusion is chosen on the LLM's titles for the first N validation sessions
     embedder: str = "minilm"  # item-text embedder for the index and the SemSR variants
-    epochs: int = 3  # reduced training budget (the full one is 30 with early stopping), stated in the outputs
-    max_train_samples: int | None = 10_000  # seeded training subsample; None = all
-    patience: int = 2
+    # Training of the session models: the whole training split, early stopping on validation Recall@100. The
+    # defaults were chosen on validation (README, "Compare"): on MovieLens-100K NISER and SemNISER-F level off
+    # after 4-6 epochs at this learning rate; bf16 steps halve the time of an epoch on a CPU with AVX-512 BF16.
+    epochs: int = 8  # most epochs; early stopping usually ends sooner
+    max_train_samples: int | None = None  # seeded training subsample; None = the whole training split
+    patience: int = 2  # epochs without a better validation Recall@100 before stopping
+    train_batch_size: int = 256  # --train-batch-size (--batch-size is the LLM engine's)
+    lr: float = 0.005  # Adam's learning rate ...
+    lr_step: int = 3  # ... decayed every lr_step epochs ...
+    lr_gamma: float = 0.2  # ... by this factor (1 keeps it constant)
+    weight_decay: float = 0.0  # L2 penalty
+    embedding_size: int = 64  # item and session vectors of the session models (SemSR-F's fused vectors too)
+    # of the training steps: auto = bf16 (torch.autocast) where the CPU has native bf16, else fp32 (bf16 without it
+    # is slower); validation and test always rank in fp32
+    precision: str = "auto"
+    train_budget_s: float | None = None  # wall-clock cap per trained model (TrainConfig.time_budget_s); None = none
     seed: int = 0  # training, few-shot examples, sampling and bootstrap
     threads: int = 1  # torch threads
     rerank_depth: int = 100  # I+ / F+ re-order this many items
@@ -116,10 +159,23 @@ class CompareConfig:
         if self.hybrid_model not in set(MODELS) - {"pop"} | {"semsr-i", "semsr-f"}:
             raise OptionError("hybrid_model", f"must name a trained model for the hybrid model (a session model, "
                                               f"semsr-i or semsr-f), not {self.hybrid_model!r}")
-        for name in ("llm_sessions", "epochs", "max_train_samples", "patience", "threads", "rerank_depth", "bootstrap"):
+        for name in ("llm_sessions", "valid_sessions", "epochs", "max_train_samples", "patience", "threads", "rerank_depth", "bootstrap"):
             COUNT.check(name, getattr(self, name))
         SEED.check("seed", self.seed)
         Range(0, 1, low_open=True, high_open=True).check("level", self.level)
+        COUNT.check("embedding_size", self.embedding_size)
+        self.train_config()  # range-checks the training fields now, under compare's names
+
+    def train_config(self) -> TrainConfig:
+        """The training settings of every session model and SemSR variant this comparison trains."""
+        try:
+            return TrainConfig(epochs=self.epochs, patience=self.patience, max_train_samples=self.max_train_samples,
+                               batch_size=self.train_batch_size, lr=self.lr, lr_step=self.lr_step,
+                               lr_gamma=self.lr_gamma, weight_decay=self.weight_decay, precision=self.precision,
+                               time_budget_s=self.train_budget_s, seed=self.seed, threads=self.threads)
+        except OptionError as error:  # name the field as compare spells it
+            names = {"batch_size": "train_batch_size", "time_budget_s": "train_budget_s"}
+            raise OptionError(names.get(error.option, error.option), error.reason) from None
 
 
 @dataclass
@@ -159,9 +215,11 @@ class CompareResult:
     trained: list[str]  # run folders trained in this call (empty on a rerun)
     generated: int  # chats sent to the engine in this call
     seconds: float
+    hybrid_checks: list[dict] = field(default_factory=list)  # each hybrid row against its model (hybrid_check)
 
     def table(self) -> str:
-        return "\n\n".join(format_console(t) for t in self.tables)
+        checks = [format_checks(self.hybrid_checks)] if self.hybrid_checks else []
+        return "\n\n".join([*(format_console(t) for t in self.tables), *checks])
 
 
 # ================================================================================================ statistics
@@ -221,6 +279,39 @@ def bootstrap_stats(ranks: list[np.ndarray], *, metrics=METRICS, resamples: int 
     return out
 
 
+def paired_difference(a: np.ndarray, b: np.ndarray, *, metrics=METRICS, resamples: int = 1000, seed: int = 0,
+                      level: float = 0.95) -> dict:
+    """``a - b`` per metric over the same sessions, with its paired percentile bootstrap interval.
+
+    The resamples are those of :func:`bootstrap_stats` with the same ``seed`` (the same sessions drawn for
+    both rows). Returns ``{metric: {"point", "lo", "hi"}}`` as fractions.
+    """
+    if len(a) != len(b) or len(a) == 0:
+        raise ValueError("both rows must cover the same, non-empty sessions")
+    out = {}
+    for metric in metrics:
+        diff = per_session(a, metric) - per_session(b, metric)  # (n,)
+        lo, hi = bootstrap_interval(diff, resamples=resamples, seed=seed, level=level)
+        out[metric] = {"point": float(diff.mean()), "lo": float(lo), "hi": float(hi)}
+    return out
+
+
+CHECKED = ("recall@20", "mrr@20")  # a hybrid row is "not below its model" when both intervals reach 0
+
+
+def hybrid_check(name: str, model: str, hybrid_ranks_: np.ndarray, model_ranks: np.ndarray, *, selection,
+                 fusion: HybridConfig, config: CompareConfig) -> dict:
+    """The hybrid row ``name`` against its ``model`` alone on the same sessions: the paired bootstrap of
+    hybrid - model for every metric, and whether it is ``not_below`` (the upper bound of :data:`CHECKED` >= 0)."""
+    difference = paired_difference(hybrid_ranks_, model_ranks, resamples=config.bootstrap, seed=config.seed,
+                                   level=config.level)
+    return {"hybrid": name, "model": model, "n": len(model_ranks), "fusion": asdict(fusion),
+            "chosen_on": None if selection is None else f"{selection.n} validation sessions",
+            "selection": None if selection is None else selection.summary(),
+            "level": config.level, "difference": difference,
+            "not_below": all(difference[m]["hi"] >= 0 for m in CHECKED)}
+
+
 def make_table(title: str, rows: list[Row], *, n: int | None = None, config: CompareConfig) -> Table:
     """A table of ``rows`` restricted to their first ``n`` sessions (all of them by default)."""
     n = min(len(r.ranks) for r in rows) if n is None else n
@@ -277,6 +368,35 @@ def format_markdown(table: Table) -> str:
     return "\n".join(lines)
 
 
+def format_checks(checks: list[dict], *, markdown: bool = False) -> str:
+    """One line per hybrid row: hybrid - model with its paired interval, the verdict and the fusion used
+    (markdown: then each row's choice on validation and its grid)."""
+    level = f"{checks[0]['level']:.0%}" if checks else ""
+    lines = [("### " if markdown else "") + f"Each hybrid against its model alone: hybrid - model on the same "
+             f"sessions, in points, with {level} paired bootstrap intervals", ""]
+    for check in checks:
+        cells = ", ".join(f"{'+' if d['point'] >= 0 else ''}{100 * d['point']:.2f} {_metric_label(m)} "
+                          f"[{100 * d['lo']:+.2f}, {100 * d['hi']:+.2f}]"
+                          for m, d in ((m, check["difference"][m]) for m in CHECKED))
+        verdict = "not below its model (within noise)" if check["not_below"] else "BELOW its model beyond noise"
+        fusion, selection = check["fusion"], check["selection"]
+        settings = f"w = {fusion['weight']:g}, M = {fusion['candidates']}, c = {fusion['c']:g}"
+        if selection is None:
+            how = f"fusion given: {settings}"
+        elif selection["fell_back"]:
+            how = f"no fusion beat the model beyond noise on {check['chosen_on']}, so w = 0 (the model's ranking)"
+        else:
+            how = f"fusion chosen on {check['chosen_on']}: {settings}"
+        lines.append(f"{'- ' if markdown else ''}{check['hybrid']} - {check['model']}, {check['n']} test sessions: "
+                     f"{cells}: {verdict}; {how}")
+    if markdown:
+        for check in checks:
+            if check["selection"]:
+                selection = FusionSelection.from_summary(check["selection"])
+                lines += ["", f"{check['hybrid']}: {selection.describe()}", "", "```", selection.grid_table(), "```"]
+    return "\n".join(lines)
+
+
 def table_records(table: Table) -> list[dict]:
     """One flat dict per row (metrics as fractions, with interval and noise mark)."""
     records = []
@@ -293,32 +413,41 @@ def table_records(table: Table) -> list[dict]:
     return records
 
 
-def plot_recall(table: Table, path):
-    """Recall@K against K (1..100) for every row of ``table``, as a PNG (matplotlib, Agg backend).
+FIGURES = {  # file -> what it shows (listed in compare.md)
+    "forest.png": "Recall@20 and MRR@20 of every method with their intervals, one block per table",
+    "cost_quality.png": "inference CPU seconds per 1,000 sessions (log scale) against Recall@20, on table 1's sessions",
+    "recall_at_k.png": "Recall@K against K (1-100) for every method on table 1's sessions, as in the SemSR paper's Figure 3",
+}
 
-    ``path`` is a file path or a binary file object (``io.BytesIO``); it is returned.
+
+def draw_figures(tables: list[Table], *, level: float = 0.95) -> dict[str, bytes]:
+    """The PNGs of :data:`FIGURES` drawn from ``tables`` (:mod:`agentrec.pipelines.plots`), name -> bytes.
+
+    The forest plot shows every table; the cost scatter and the Recall@K curve show the first (every method
+    on the same sessions). A figure that fails to draw is left out with a warning and its traceback: the
+    tables it illustrates are written all the same.
     """
-    import matplotlib
+    records = [{"title": t.title, "n": t.n, "rows": table_records(t)} for t in tables]
+    first = tables[0]
+    draw = {
+        "forest.png": lambda f: plots.plot_forest(records, f, level=level),
+        "cost_quality.png": lambda f: plots.plot_cost_quality(records[0]["rows"], f, level=level,
+                                                              title=f"Cost against Recall@20. {first.title}"),
+        "recall_at_k.png": lambda f: plots.plot_recall_at_k(
+            [{"method": r.name, "kind": r.kind, "ranks": r.ranks} for r in first.rows], f, n=first.n, max_k=max(KS)),
+    }
+    figures = {}
+    for name, plot in draw.items():
+        buffer = io.BytesIO()
+        with plots.best_effort(name):
+            plot(buffer)
+            figures[name] = buffer.getvalue()
+    return figures
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    ks = np.arange(1, max(KS) + 1)
-    styles = {"floor": ":", "session": "-", "semantic": "-", "llm": "--", "hybrid": "-."}
-    fig, ax = plt.subplots(figsize=(8.5, 5.0), dpi=120)
-    for row in table.rows:
-        curve = [(row.ranks <= k).mean() * 100 for k in ks]
-        ax.plot(ks, curve, styles.get(row.kind, "-"), label=row.name, linewidth=1.6)
-    ax.set_xlabel("K")
-    ax.set_ylabel("Recall@K (%)")
-    ax.set_title(f"Recall@K, {table.n} test sessions (same sessions for every method)")
-    ax.set_xlim(1, max(KS))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
-    return path
+def format_figures(names) -> str:
+    """compare.md's list of the figures written beside it."""
+    return "\n".join(["### Figures", "", *(f"- [`{name}`]({name}): {FIGURES[name]}." for name in names)])
 
 
 # ================================================================================================ helpers
@@ -372,6 +501,36 @@ class _Clock:
         self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
+def training_note(config: CompareConfig, runs: dict) -> str:
+    """What the session models trained with, and where each one stopped, for ``compare.md``.
+
+    ``runs`` are the manifest's run entries (``best_epoch``, ``epochs_run``, ``stopped_by``, ``train_s``...).
+    """
+    samples = next((r["train_samples"] for r in runs.values() if r.get("train_samples")), None)
+    if config.max_train_samples is None:
+        data = "the whole training split" + (f" ({samples:,} samples)" if samples else "")
+    else:
+        data = (f"a seeded subsample of {config.max_train_samples:,} training samples (a reduced budget, not the "
+                "papers')")
+    schedule = (f"decayed x{config.lr_gamma:g} every {config.lr_step} epochs" if config.lr_gamma < 1 else "constant")
+    note = (f"{data}, at most {config.epochs} epoch{'s' if config.epochs != 1 else ''} with early stopping on "
+            f"validation Recall@100 (patience {config.patience}; the best epoch is kept); batch "
+            f"{config.train_batch_size}, Adam lr {config.lr:g} {schedule}, weight decay {config.weight_decay:g}, "
+            f"embedding size {config.embedding_size}, {_precision(config.precision, runs)} training steps")
+    if config.train_budget_s is not None:
+        note += f", at most {config.train_budget_s:g} s of training per model"
+    stops = {"patience": "early stopping", "epochs": "epoch limit", "time budget": "TIME BUDGET"}
+    trained = [f"{_label(name, config.base)} best epoch {r['best_epoch']} of {r['epochs_run']} "
+               f"({stops.get(r.get('stopped_by'), 'stopped')}, {r['train_s']:.0f} s)"
+               for name, r in runs.items() if name != "pop" and r.get("epochs_run")]
+    return note + ("; " + ", ".join(trained) if trained else "")
+
+
+def _precision(precision: str, runs: dict) -> str:
+    resolved = sorted({r["precision"] for r in runs.values() if r.get("precision")})
+    return f"{precision} ({', '.join(resolved)})" if precision == "auto" and resolved else precision
+
+
 def _run_train_seconds(info) -> float:
     return float(sum(h.get("train_seconds", 0.0) + h.get("valid_seconds", 0.0) for h in info.history))
 
@@ -414,8 +573,8 @@ def run_compare(out: str | Path, config: CompareConfig | None = None, *, data: s
         prepare_dataset("ml-100k", out=DEFAULT_DATA, protocol="leave-one-out")
     dataset = PreparedDataset.load(DEFAULT_DATA if data is None else data)
     engine_config = engine_config or EngineConfig(threads=config.threads)
-    prompts = prompts or PromptConfig(seed=config.seed)
-    generation = generation or GenerationConfig(seed=config.seed, chunk_size=16)  # a progress line every 16 sessions
+    prompts = prompts or PromptConfig(seed=config.seed, **LLM_PROMPTS)
+    generation = generation or GenerationConfig(seed=config.seed, **LLM_GENERATION)
     state = _State(out=out, dataset=dataset, config=config, progress=progress)
 
     # ---- session models and SemSR variants, on the whole test split
@@ -426,19 +585,32 @@ def run_compare(out: str | Path, config: CompareConfig | None = None, *, data: s
                     time.perf_counter() - started)
         session_rows.append(state.session_row(name))
 
-    # ---- LLM and hybrid rows, on the first llm_sessions test sessions
-    llm_rows, hybrid_rows = [], []
+    # ---- LLM and hybrid rows, on the first llm_sessions test sessions; each hybrid's fusion is chosen on the
+    # LLM's titles for the first valid_sessions validation sessions, before its test sessions are looked at
+    llm_rows, hybrid_rows, checks = [], [], []
     if config.strategies:
         n = min(config.llm_sessions, len(dataset.test))
+        choose = config.hybrid and config.hybrid_config is None
+        n_valid = min(config.valid_sessions, len(dataset.valid)) if choose else 0
+        if choose and n_valid == 0:
+            raise OptionError("valid_sessions", f"has no validation sessions to choose the hybrid's fusion on in "
+                                                f"{dataset.name}; fix the fusion instead (--weight and --candidates)")
         llm = _LLM(state, engine, engine_config, prompts, generation, cache_file or out / "generations.sqlite",
-                   store or out / "vectorstore", n)
+                   store or out / "vectorstore", n, n_valid)
         for number, strategy in enumerate(config.strategies, 1):
+            valid = None
+            if choose:
+                logger.info("compare: LLM %s [%d/%d] on %d validation sessions (%.0f s in)", strategy, number,
+                            len(config.strategies), n_valid, time.perf_counter() - started)
+                valid = llm.row(strategy, split="valid")
             logger.info("compare: LLM %s [%d/%d] on %d test sessions (%.0f s in)", strategy, number,
                         len(config.strategies), n, time.perf_counter() - started)
             row, record, candidates = llm.row(strategy)
             llm_rows.append(row)
             if config.hybrid:
-                hybrid_rows.append(state.hybrid_row(row, record, candidates, config.hybrid_model))
+                hybrid, check = state.hybrid_row(row, record, candidates, valid, config.hybrid_model)
+                hybrid_rows.append(hybrid)
+                checks.append(check)
         manifest_llm = llm.manifest()
     else:
         n, manifest_llm = len(dataset.test), None
@@ -470,6 +642,11 @@ def run_compare(out: str | Path, config: CompareConfig | None = None, *, data: s
         "runs": state.runs,
         "llm": manifest_llm,
         "protocols": {"session": SESSION_PROTOCOL, **{r.name: r.protocol for r in [*llm_rows, *hybrid_rows]}},
+        "hybrid": {"grid": None if config.hybrid_config else jsonable(asdict(config.hybrid_grid)),
+                   "valid_sessions": config.valid_sessions if config.hybrid_config is None else 0,
+                   "rule": ("among the fusions that beat the model on validation beyond noise, the best Recall@20, "
+                            "ties by MRR@20, then the smaller w, M and c; none: w = 0; never test"),
+                   "rows": checks} if hybrid_rows else None,
         "noise": (f"{config.bootstrap} paired bootstrap resamples of sessions (seed {config.seed}); intervals are "
                   f"{config.level:.0%} percentile intervals; '~' = the {config.level:.0%} interval of (best - row) "
                   "contains 0"),
@@ -478,7 +655,8 @@ def run_compare(out: str | Path, config: CompareConfig | None = None, *, data: s
         "seconds": None,
     }
     result = CompareResult(out=out, tables=tables, manifest=manifest, trained=state.trained,
-                           generated=manifest_llm["engine_calls"] if manifest_llm else 0, seconds=0.0)
+                           generated=manifest_llm["engine_calls"] if manifest_llm else 0, seconds=0.0,
+                           hybrid_checks=checks)
     result.seconds = time.perf_counter() - started
     manifest["seconds"] = result.seconds
     manifest["cpu_seconds"] = time.process_time() - cpu_started  # this process, all threads
@@ -487,15 +665,16 @@ def run_compare(out: str | Path, config: CompareConfig | None = None, *, data: s
 
 
 def write_outputs(result: CompareResult, config: CompareConfig) -> None:
-    """``compare.md``, ``compare.csv``, ``compare.json``, ``recall_at_k.png`` and ``manifest.json`` in ``result.out``.
+    """``compare.md``, ``compare.csv``, ``compare.json``, the figures (``forest.png``, ``cost_quality.png``,
+    ``recall_at_k.png``: :data:`FIGURES`) and ``manifest.json`` in ``result.out``.
 
     Each file is written aside and renamed over the old one; ``manifest.json`` comes last and lists the
-    size and sha256 of the other four under ``"outputs"``.
+    size and sha256 of the others under ``"outputs"``. A figure that failed to draw is not written (an
+    old one of that name is removed, so no figure outlives its tables) and not listed.
     """
     out = result.out
     manifest = result.manifest
-    budget = (f"at most {config.epochs} epoch{'s' if config.epochs != 1 else ''} (patience {config.patience}) on "
-              f"{'all' if config.max_train_samples is None else f'{config.max_train_samples:,} seeded'} training samples")
+    budget = training_note(config, manifest.get("runs") or {})
     llm = manifest.get("llm") or {}
     header = [
         f"# agentrec compare: {manifest['dataset']['name']} ({manifest['dataset']['protocol']})",
@@ -506,15 +685,22 @@ def write_outputs(result: CompareResult, config: CompareConfig) -> None:
         f"{result.seconds:.0f} s wall, {manifest.get('cpu_seconds', 0):.0f} s CPU in all (this call; reused "
         "checkpoints and LLM rows cost nothing here).",
         "",
-        f"- Session models: {SESSION_PROTOCOL}; reduced training budget: {budget}, selected on validation "
-        f"Recall@100. SemSR variants wrap {_label(config.base, config.base)} with the `{config.embedder}` embedder; "
+        f"- Session models: {SESSION_PROTOCOL}. Training: {budget}. SemSR variants wrap {_label(config.base, config.base)} with the `{config.embedder}` embedder; "
         f"I+/F+ re-order their top-{config.rerank_depth} by the plain model.",
     ]
     if llm:
         header.append(f"- LLM rows: engine `{llm.get('engine')}`; protocol: {llm.get('protocol')}.")
         if config.hybrid:
-            header.append(f"- Hybrid rows: {config.hybrid_config.protocol} (M = {config.hybrid_config.candidates}; "
-                          f"model: {_label(config.hybrid_model, config.base)}).")
+            if config.hybrid_config is None:
+                c_values = ", ".join(f"{c:g}" for c in config.hybrid_grid.c)
+                protocol = hybrid_protocol(f"w and M as chosen, c = {c_values}", fill=True)
+                how = (f"w and M chosen per row on the LLM's titles for the first {llm.get('valid_sessions')} "
+                       f"validation sessions over {config.hybrid_grid.size} fusions (among those that beat the model "
+                       "there beyond noise, the best Recall@20, ties by MRR@20, then the smaller w; none: w = 0), "
+                       "never on test; the choice and the grid are below")
+            else:
+                protocol, how = config.hybrid_config.protocol, f"fusion given: {config.hybrid_config.label}"
+            header.append(f"- Hybrid rows ({_label(config.hybrid_model, config.base)}): {how}. Protocol: {protocol}.")
     header += [
         f"- Metrics in %, with {config.level:.0%} bootstrap intervals [lo, hi] over sessions "
         f"({config.bootstrap} resamples, seed {config.seed}). **Bold**: best in its column; `~`: within noise of "
@@ -523,26 +709,30 @@ def write_outputs(result: CompareResult, config: CompareConfig) -> None:
         f"- Cost: {COST_NOTE}.",
         "",
     ]
-    markdown = "\n".join(header) + "\n" + "\n\n".join(format_markdown(t) for t in result.tables) + "\n"
+    figures = draw_figures(result.tables, level=config.level)
+    checks = [format_checks(result.hybrid_checks, markdown=True)] if result.hybrid_checks else []
+    markdown = "\n".join(header) + "\n" + "\n\n".join([*(format_markdown(t) for t in result.tables), *checks,
+                                                      *([format_figures(figures)] if figures else [])]) + "\n"
     records = [record for table in result.tables for record in table_records(table)]
     table_csv = io.StringIO(newline="")
     writer = csv.DictWriter(table_csv, fieldnames=list(records[0]))
     writer.writeheader()
     writer.writerows(records)
-    plot = io.BytesIO()
-    plot_recall(result.tables[0], plot)
     outputs = {
         "compare.md": markdown.encode("utf-8"),
         "compare.csv": table_csv.getvalue().encode("utf-8"),
         "compare.json": (json.dumps({
             "unit": "metrics are fractions (0-1); intervals are bootstrap percentile intervals",
             "tables": [{"title": t.title, "n": t.n, "rows": table_records(t)} for t in result.tables],
+            "hybrid_vs_model": result.hybrid_checks,  # per hybrid row: the fusion, its validation grid, hybrid - model
             "manifest": "manifest.json",
         }, indent=2, default=float) + "\n").encode("utf-8"),
-        "recall_at_k.png": plot.getvalue(),
+        **figures,
     }
+    for name in FIGURES.keys() - figures.keys():
+        (out / name).unlink(missing_ok=True)
     # Each file is replaced whole (written aside, renamed in); the manifest goes last and records the
-    # sha256 of the other four, so a set left mixed by a kill between two renames can be told apart.
+    # sha256 of the others, so a set left mixed by a kill between two renames can be told apart.
     manifest["outputs"] = {name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
                            for name, data in outputs.items()}
     for name, data in outputs.items():
@@ -561,10 +751,8 @@ class _State:
         self.trained: list[str] = []
         self._table = None
 
-    def train_config(self):
-        c = self.config
-        return TrainConfig(epochs=c.epochs, patience=c.patience, max_train_samples=c.max_train_samples, seed=c.seed,
-                           threads=c.threads)
+    def train_config(self) -> TrainConfig:
+        return self.config.train_config()
 
     def llm_table(self):
         if self._table is None:
@@ -575,8 +763,10 @@ class _State:
         """The run behind row ``name`` (pop, a session model, semsr-i or semsr-f)."""
         c = self.config
         variant = {"semsr-i": "init", "semsr-f": "fusion"}.get(name)
-        return RunSpec(model=c.base if variant else name, variant=variant, embedder=c.embedder,
-                       train=self.train_config())
+        model = c.base if variant else name
+        settings = {} if model == "pop" else {"embedding_size": c.embedding_size}
+        return RunSpec(model=model, variant=variant, embedder=c.embedder, train=self.train_config(),
+                       model_settings=settings)
 
     def model(self, name: str):
         """The trained model ``name`` (pop, a session model, semsr-i or semsr-f), from its checkpoint or trained now."""
@@ -591,6 +781,9 @@ class _State:
         self.models[name], self.infos[name] = model, info
         self.runs[name] = {"folder": str(folder), "key": spec.key(self.dataset), "reused": reused,
                            "best_epoch": info.best_epoch, "epochs_run": len(info.history),
+                           "stopped_by": info.extra.get("stopped_by"), "train_samples": info.extra.get("train_samples"),
+                           "precision": info.extra.get("precision"),
+                           "valid": info.valid,
                            "train_s": _run_train_seconds(info), "spec": jsonable(asdict(spec))}
         return model
 
@@ -611,30 +804,66 @@ class _State:
         return Row(name=_label(name, c.base), kind=kind, ranks=result.ranks, timed_sessions=result.n,
                    wall_s=clock.wall, cpu_s=clock.cpu, train_s=train_s, protocol=protocol)
 
-    def hybrid_row(self, llm_row: Row, record: dict, candidates: tuple[np.ndarray, np.ndarray],
-                   model_name: str) -> Row:
-        """The hybrid of an LLM row: ``candidates`` are its ``(ids, distances)``, each ``(n, M)`` (see ``_LLM.row``)."""
-        hc = self.config.hybrid_config
+    def hybrid_row(self, llm_row: Row, record: dict, candidates: tuple[np.ndarray, np.ndarray], valid,
+                   model_name: str) -> tuple[Row, dict]:
+        """The hybrid of an LLM row with ``model_name``, and its check against the model alone (:func:`hybrid_check`).
+
+        ``candidates``: the row's grounded lists ``(ids, distances)``, each ``(n, LLM_K)`` (``_LLM.row``);
+        ``valid``: what ``_LLM.row(strategy, split="valid")`` returned, the validation sessions the fusion
+        is chosen on (:func:`~agentrec.pipelines.hybrid.choose_fusion` over ``hybrid_grid``), or None when
+        ``hybrid_config`` fixes it. The model's scores are computed in the evaluator's chunks
+        (:func:`~agentrec.pipelines.hybrid.first_scores`), so a fusion with ``w = 0`` gives exactly the ranks
+        of the model's own row.
+        """
+        c = self.config
         model = self.model(model_name)
         n = len(llm_row.ranks)
+        selection, valid_s = None, 0.0
+        if valid is None:
+            fusion = c.hybrid_config
+        else:  # chosen on the validation sessions, before the test sessions are looked at
+            _, valid_record, (valid_ids, _) = valid
+            targets = self.dataset.valid.target[: len(valid_ids)].astype(np.int64)
+            scores = first_scores(model, self.dataset.valid, len(valid_ids))
+            points = c.hybrid_grid.points()
+            ranks = grid_ranks(valid_ids, scores, targets, [*points, MODEL_ALONE])
+            selection = choose_fusion(ranks[:, :-1], points, ranks[:, -1], resamples=c.bootstrap, seed=c.seed,
+                                      level=c.level)
+            fusion = selection.config
+            valid_s = valid_record["wall_s"]
+            logger.info("compare: hybrid %s -> %s: %s", record["strategy"], model_name, selection.describe())
         with _Clock() as clock:
-            candidates, distances = candidates
+            ids, _ = candidates
             samples = self.dataset.test
-            scores = model_scores(model, samples, np.arange(n))
-            ranks, _, _ = hybrid_ranks(candidates, distances, scores, samples.target[:n], hc, k=LLM_K)
-        return Row(name=f"Hybrid {STRATEGY_LABELS.get(record['strategy'], record['strategy'])} -> "
-                        f"{_label(model_name, self.config.base)}",
-                   kind="hybrid", ranks=ranks, timed_sessions=n, wall_s=llm_row.wall_s + clock.wall,
-                   cpu_s=llm_row.cpu_s + clock.cpu, tokens=llm_row.tokens, train_s=self.runs[model_name]["train_s"],
-                   protocol=hc.protocol, note=llm_row.note)
+            targets = samples.target[:n].astype(np.int64)
+            scores = first_scores(model, samples, n)
+            ranks, _, _ = hybrid_ranks(ids, scores, targets, fusion, k=LLM_K)
+        model_ranks = grid_ranks(ids, scores, targets, [MODEL_ALONE])[:, 0]  # the model alone, as its own row
+        name = (f"Hybrid {STRATEGY_LABELS.get(record['strategy'], record['strategy'])} -> "
+                f"{_label(model_name, c.base)}")
+        if selection is None:
+            chosen = f"fusion given: {fusion.label}"
+        elif selection.fell_back:
+            chosen = f"no fusion beat the model on {selection.n} validation sessions: w = 0, the model's ranking"
+        else:
+            chosen = f"fusion chosen on {selection.n} validation sessions: {fusion.label}"
+        row = Row(name=name, kind="hybrid", ranks=ranks, timed_sessions=n, wall_s=llm_row.wall_s + clock.wall,
+                  cpu_s=llm_row.cpu_s + clock.cpu, tokens=llm_row.tokens,
+                  train_s=self.runs[model_name]["train_s"] + valid_s,  # choosing itself: milliseconds
+                  protocol=fusion.protocol, note="; ".join(x for x in (chosen, llm_row.note) if x))
+        check = hybrid_check(name, _label(model_name, c.base), ranks, model_ranks, selection=selection,
+                             fusion=fusion, config=c)
+        return row, check
 
 
 class _LLM:
     """LLM-only rows: computed through :func:`agentrec.pipelines.predict.predict`, or reused from ``out/llm``."""
 
-    def __init__(self, state: _State, engine, engine_config, prompts, generation, cache_file, store, n: int):
+    def __init__(self, state: _State, engine, engine_config, prompts, generation, cache_file, store, n: int,
+                 n_valid: int = 0):
         self.state, self.engine, self.engine_config = state, engine, engine_config
         self.prompts, self.generation, self.cache_file, self.store, self.n = prompts, generation, cache_file, store, n
+        self.n_valid = n_valid  # validation sessions (the hybrid's fusion is chosen on them)
         self.index = None
         self.index_info: dict = {}
         self.records: dict[str, dict] = {}
@@ -655,24 +884,27 @@ class _LLM:
                                "reused": self.index.reused, "seconds": clock.wall}
         return self.index
 
-    def row(self, strategy: str) -> tuple[Row, dict, tuple[np.ndarray, np.ndarray]]:
-        """The LLM row of ``strategy``, its record, and its grounded candidates ``(ids, distances)``, each
-        ``(n, M)`` with ``M`` the hybrid's candidates: in memory when generated now, read from ``out/llm``
-        (the same arrays, :func:`~agentrec.pipelines.hybrid.read_candidates`) when the row is reused."""
+    def row(self, strategy: str, split: str = "test") -> tuple[Row, dict, tuple[np.ndarray, np.ndarray]]:
+        """The LLM row of ``strategy`` on the first ``n`` test sessions (or ``n_valid`` validation sessions with
+        ``split="valid"``), its record, and its grounded lists ``(ids, distances)``, each ``(n, LLM_K)``: in
+        memory when generated now, read from ``out/llm`` (the same arrays,
+        :func:`~agentrec.pipelines.hybrid.read_candidates`) when the row is reused."""
         engine = self._engine()
-        m = self.state.config.hybrid_config.candidates
+        sessions = self.n_valid if split == "valid" else self.n
         spec = {"strategy": strategy, "engine": engine.fingerprint, "prompts": asdict(self.prompts),
                 "generation": asdict(self.generation), "embedder": self.state.config.embedder, "k": LLM_K,
-                "sessions": self.n, "dataset": self.state.dataset.fingerprint}
+                "sessions": sessions, "dataset": self.state.dataset.fingerprint,
+                **({"split": split} if split != "test" else {})}  # test rows keep the keys they had
         key = _key(spec)
         folder = self.state.out / "llm"
         folder.mkdir(parents=True, exist_ok=True)
-        lines, record_file = folder / f"{strategy}-{key}.jsonl", folder / f"{strategy}-{key}.row.json"
+        stem = strategy if split == "test" else f"{strategy}-{split}"
+        lines, record_file = folder / f"{stem}-{key}.jsonl", folder / f"{stem}-{key}.row.json"
         if record_file.exists() and lines.exists():
             logger.info("compare: reusing %s", lines)
             record = json.loads(record_file.read_text())
             record["reused"] = True
-            ids, distances, lines_read = read_candidates(lines, m)
+            ids, distances, lines_read = read_candidates(lines, LLM_K)
             candidates = (ids, distances)
             ranks = np.array([math.inf if r["rank"] is None else r["rank"] for r in lines_read], dtype=np.float64)
         else:
@@ -680,11 +912,11 @@ class _LLM:
             if hasattr(engine, "load"):
                 engine.load()  # loading the model is a one-off, not part of the per-session cost
             with _Clock() as clock:
-                result = predict(self.state.dataset, strategy, engine, k=LLM_K, limit=self.n, out=lines,
+                result = predict(self.state.dataset, strategy, engine, k=LLM_K, limit=sessions, out=lines, split=split,
                                  prompts=self.prompts, generation=self.generation, index=index,
                                  cache=self.cache_file, ground_distance=0.4)
             self.engine_calls += result.engine_calls
-            record = {"strategy": strategy, "key": key, "file": str(lines), "spec": spec, "n": result.n,
+            record = {"strategy": strategy, "split": split, "key": key, "file": str(lines), "spec": spec, "n": result.n,
                       "wall_s": clock.wall, "cpu_s": clock.cpu, "tokens_in": result.tokens_in,
                       "tokens_out": result.tokens_out, "engine_calls": result.engine_calls,
                       "engine_seconds": result.engine_seconds, "cache_hits": result.cache_hits,
@@ -693,9 +925,9 @@ class _LLM:
             # the row's record is written after its lines: both present means the row is complete
             fsutil.atomic_write_text(record_file, json.dumps(record, indent=2) + "\n")
             record["reused"] = False
-            candidates, ranks = result.candidates.head(m), result.ranks
+            candidates, ranks = result.candidates.head(LLM_K), result.ranks
         record["file"] = str(lines)  # the folder may have moved since
-        self.records[strategy] = record
+        self.records[strategy if split == "test" else f"{strategy} ({split})"] = record
         note = f"{record['cache_hits']} of the generations came from the cache" if record["cache_hits"] else ""
         row = Row(name=f"LLM {STRATEGY_LABELS.get(strategy, strategy)}", kind="llm", ranks=ranks,
                   timed_sessions=record["n"], wall_s=record["wall_s"], cpu_s=record["cpu_s"],
@@ -708,6 +940,9 @@ class _LLM:
         return {"engine": getattr(engine, "fingerprint", str(engine)), "engine_config": config,
                 "prompts": asdict(self.prompts), "generation": asdict(self.generation), "sessions": self.n,
                 "sample": f"the first {self.n} test sessions in split order", "k": LLM_K,
+                "valid_sessions": self.n_valid,
+                "valid_sample": (f"the first {self.n_valid} validation sessions in split order (the hybrid's fusion is "
+                                 "chosen on them)") if self.n_valid else None,
                 "cache_file": str(self.cache_file), "index": self.index_info, "protocol": PROTOCOL,
                 "engine_calls": self.engine_calls,
                 "rows": {s: {k: v for k, v in r.items() if k != "spec"} for s, r in self.records.items()}}

@@ -22,7 +22,8 @@ outputs, token counts). :func:`predict` runs it for the sessions of a split and 
 3. parses a title from each output (:func:`parse_title`),
 4. grounds all parsed titles with **one** batched :meth:`CatalogueIndex.match` call (top-K),
 5. (:func:`predict`) returns Recall@K / MRR@K / NDCG@K under :data:`PROTOCOL`, the candidates with them, and
-   optionally writes one JSON line per session (written aside and renamed into place).
+   optionally writes one JSON line per session (written aside and renamed into place), a summary, and a
+   histogram of the grounding distances (``F.distances.png``, :func:`write_distances_plot`).
 
 Example::
 
@@ -50,6 +51,7 @@ from agentrec.llm import Engine, EngineConfig, SamplingParams, get_engine
 from agentrec.llm.cache import GenerationCache, cached_generate
 from agentrec.llm.prompts import PromptBuilder, PromptConfig, Strategy, chat_digest, validate_strategy
 from agentrec.llm.titles import normalise_title, parse_title
+from agentrec.pipelines import plots
 from agentrec.retrieval.index import CatalogueIndex
 
 logger = logging.getLogger(__name__)
@@ -286,9 +288,9 @@ def predict(dataset, strategy: str = "fs", engine: Engine | str | None = None, *
             (default ``hf`` with SmolLM2, offline).
         k: length of the grounded list (top-K nearest items); metrics at 10 (when K > 10) and K.
         limit: only the first ``limit`` sessions of the split, in split order.
-        out: JSON-lines file to write, one line per session, and a ``.summary.json`` file beside it;
-            each is written aside and renamed into place. None: nothing is written (the grounded
-            lists are in ``result.candidates``).
+        out: JSON-lines file to write, one line per session, a ``.summary.json`` file beside it and a
+            histogram of the grounding distances (``.distances.png``); each is written aside and
+            renamed into place. None: nothing is written (the grounded lists are in ``result.candidates``).
         split: ``test`` or ``valid``; few-shot examples always come from ``train``.
         engine_config: settings for an engine given by name.
         prompts: what goes into the prompts (examples, seed, item fields, your own templates).
@@ -380,7 +382,24 @@ def predict(dataset, strategy: str = "fs", engine: Engine | str | None = None, *
     result.seconds = time.perf_counter() - started
     if out is not None:
         write_records(out, lines, result.summary())
+        write_distances_plot(out, result, [row[0]["distance"] for row in top if row])
     return result
+
+
+def write_distances_plot(out: Path, result: PredictResult, distances: list[float]) -> Path | None:
+    """``F.distances.png`` beside the lines ``F.jsonl``: the histogram of ``distances`` (each parsed title's
+    top-1 grounded item), the ungrounded threshold marked, the unparseable outputs counted.
+
+    Drawn after the lines and summary are written: a failure to draw is a logged warning. Returns the
+    file, or None when drawing failed.
+    """
+    path = Path(out).with_suffix(".distances.png")
+    title = f"{result.strategy} with {result.engine} on {result.dataset} ({result.split}): grounding distances"
+    with plots.best_effort(path):
+        plots.plot_distances(distances, path, threshold=result.ground_distance, unparseable=result.unparseable,
+                             title=title)
+        return path
+    return None
 
 
 def write_records(out: Path, records: list[dict], summary: dict) -> None:

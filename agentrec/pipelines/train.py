@@ -8,7 +8,7 @@ The recipe, in order: seed torch (initial weights follow the seed), build the mo
 (config file < ``--set`` < ``--embedding-size``), load the LLM item table when a SemSR variant asks
 for one (the embedder's cache makes a second call free), wrap the model (SemSR-I: initialise its item
 table; SemSR-F: :class:`~agentrec.models.semantic.SemanticFusion`), train with early stopping on
-validation, and write the run folder.
+validation, write the run folder, and draw its learning curve (``RUN/learning_curve.png``).
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from agentrec.core.config import check_model_config, jsonable, merge_into, parse
 from agentrec.core.errors import UsageError
 from agentrec.models import MODELS
 from agentrec.models.semantic import SemanticFusion, semantic_init
+from agentrec.pipelines import plots
 from agentrec.retrieval.embedders import DEFAULT_EMBEDDER, item_embeddings
 from agentrec.signals.store import load_signals
-from agentrec.training.runs import RUN_FILE, WEIGHTS_FILE, RunInfo, read_run, train_popularity
+from agentrec.training.runs import LEARNING_CURVE_FILE, RUN_FILE, WEIGHTS_FILE, RunInfo, read_run, train_popularity
 from agentrec.training.trainer import TrainConfig, set_seed, train_model
 
 logger = logging.getLogger(__name__)
@@ -133,7 +134,8 @@ def train_run(spec: RunSpec, dataset, out: str | Path, *, config_path=None, prog
         llm_table: the LLM item table, when the caller already holds it (compare shares one table).
 
     Returns:
-        The run record (validation metrics of the selected epoch; test is never computed here).
+        The run record (validation metrics of the selected epoch; test is never computed here). A
+        trained model's folder also gets ``learning_curve.png`` (:func:`write_learning_curve`).
     """
     if spec.model == "pop":
         return train_popularity(dataset, out, exclude_history=spec.train.exclude_history)
@@ -153,7 +155,31 @@ def train_run(spec: RunSpec, dataset, out: str | Path, *, config_path=None, prog
         if signal_info:
             described["signals"] = signal_info
         logger.info("semantic variant: %s", described)
-    return train_model(net, dataset, spec.train, out=out, progress=progress, semantic=described)
+    info = train_model(net, dataset, spec.train, out=out, progress=progress, semantic=described)
+    write_learning_curve(out, info, dataset_name=dataset.name)
+    return info
+
+
+def write_learning_curve(run: str | Path, info: RunInfo, *, dataset_name: str | None = None) -> Path | None:
+    """``RUN/learning_curve.png``: training loss and the validation selection metric per epoch, best epoch marked.
+
+    Drawn from ``info.history`` after the run folder is saved, and written atomically on its own: a
+    failure to draw is a logged warning, and the saved run stands. Returns the file, or None when there
+    is no history (the popularity floor) or drawing failed.
+    """
+    if not info.history:
+        return None
+    path = Path(run) / LEARNING_CURVE_FILE
+    metric = info.train_config.get("select_metric", "recall@100")
+    samples = info.extra.get("train_samples")
+    variant = f" + SemSR-{info.semantic['mode'][0].upper()}" if info.semantic.get("mode") else ""  # init, fusion
+    title = (f"{info.model}{variant} on {dataset_name or info.dataset.get('name')}"
+             + (f", {samples:,} training samples" if samples else "")
+             + f": best epoch {info.best_epoch} of {len(info.history)} by validation {metric}")
+    with plots.best_effort(path):
+        plots.plot_learning_curve(info.history, path, metric=metric, best_epoch=info.best_epoch, title=title)
+        return path
+    return None
 
 
 def train_or_reuse(spec: RunSpec, dataset, runs_dir: str | Path, *, name: str | None = None, progress: bool = True,

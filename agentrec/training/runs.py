@@ -5,6 +5,8 @@ A run folder holds::
     run.json              model name and config, training config, dataset name/path/fingerprint,
                           validation history, best epoch, and (after ``evaluate``) test metrics
     weights.safetensors   the model's tensors (safetensors: loading never unpickles code)
+    learning_curve.png    loss and the validation metric per epoch (drawn by ``pipelines.train.train_run`` after the
+                          run is saved; the popularity floor has none)
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from agentrec.core import fsutil
 from agentrec.core.errors import DamagedFileError, MismatchError, NotFoundError, TrainingDivergedError, UsageError
 from agentrec.core.metrics import DEFAULT_KS, RankingResult, rank_samples
+from agentrec.core.ranking import rank_products
 from agentrec.data.dataset import PreparedDataset
 from agentrec.models import model_class
 from agentrec.models.popularity import Popularity
@@ -26,7 +29,9 @@ logger = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 WEIGHTS_FILE = "weights.safetensors"
-RUN_ENTRIES = frozenset({RUN_FILE, WEIGHTS_FILE})  # all a run folder holds; save_run replaces it whole
+LEARNING_CURVE_FILE = "learning_curve.png"  # drawn after save_run, so not part of the atomic swap
+# all a run folder holds; save_run replaces it whole
+RUN_ENTRIES = frozenset({RUN_FILE, WEIGHTS_FILE, LEARNING_CURVE_FILE})
 
 
 class DatasetMismatchError(MismatchError):
@@ -202,10 +207,49 @@ def score_fn(model, samples):
 
 
 def evaluate_model(model, dataset, split: str = "valid", *, ks=DEFAULT_KS, exclude_history: bool = False,
-                   memory_budget_mb: float = 256.0, progress: bool = False) -> RankingResult:
+                   memory_budget_mb: float = 256.0, progress: bool = False, precision: str | None = None,
+                   threads: int | None = None) -> RankingResult:
+    """Rank every target of ``split`` against the full catalogue.
+
+    Args:
+        precision: None ranks the model's own scores (``score_chunk``), as training's validation does.
+            ``"fp32"`` or ``"bf16"`` rank a model whose scores are products (``scores_are_products``:
+            every session model here) through :func:`agentrec.core.ranking.rank_products`: session queries
+            times the item table, a chunk at a time, with exact ranks in both precisions (bf16 re-scores its
+            near-ties). Any other model (the popularity floor, a re-ranker) is ranked from its scores;
+            ``result.extra["precision"]`` says which path ran ("scores" for that one).
+        threads: torch threads (and counting threads on the product path); None keeps the current setting.
+    """
+    if precision not in (None, "fp32", "bf16"):
+        raise UsageError(f"precision must be fp32 or bf16, not {precision!r}")
     samples = dataset.split(split)
-    return rank_samples(score_fn(model, samples), samples, dataset.n_items, ks=ks, exclude_history=exclude_history,
-                        memory_budget_mb=memory_budget_mb, progress=progress, desc=f"{split}")
+    if precision is not None and getattr(model, "scores_are_products", False):
+        import torch
+
+        with torch.no_grad():
+            table = model.scoring_table()
+        return rank_products(lambda index: model.query_chunk(samples, index), table, samples, dataset.n_items,
+                             precision=precision, threads=threads, ks=ks, exclude_history=exclude_history,
+                             memory_budget_mb=memory_budget_mb, progress=progress, desc=split)
+    result = _with_threads(threads, lambda: rank_samples(
+        score_fn(model, samples), samples, dataset.n_items, ks=ks, exclude_history=exclude_history,
+        memory_budget_mb=memory_budget_mb, progress=progress, desc=f"{split}"))
+    result.extra["precision"] = "scores"
+    return result
+
+
+def _with_threads(threads: int | None, work):
+    """``work()`` with ``threads`` torch threads (None: as they are)."""
+    if not threads:
+        return work()
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return work()
+    finally:
+        torch.set_num_threads(before)
 
 
 def train_popularity(dataset, out: str | Path, *, ks=DEFAULT_KS, exclude_history: bool = False) -> RunInfo:
@@ -237,13 +281,17 @@ def dataset_ref(dataset) -> dict:
 def evaluate_run(run: str | Path, *, data: str | Path | None = None, split: str = "test", ks=DEFAULT_KS,
                  exclude_history: bool | None = None, memory_budget_mb: float = 256.0,
                  progress: bool = False, dataset: PreparedDataset | None = None,
-                 model=None) -> tuple[RunInfo, RankingResult]:
+                 model=None, precision: str = "fp32", threads: int | None = None) -> tuple[RunInfo, RankingResult]:
     """Evaluate the run's selected checkpoint on ``split`` (test by default) and record the result.
 
     ``dataset`` (already loaded) takes the place of ``data`` (its folder; default: the one the run
     records), and ``model`` (already loaded from this run by :func:`load_model`) saves loading it again.
-    Test metrics are written into ``run.json``; validation metrics are only returned.
+    ``precision`` (``"fp32"`` or ``"bf16"``) is the product's precision; both give the same exact ranks
+    (see :func:`evaluate_model`); ``threads`` are torch threads (None: as they are).
+    Test metrics are written into ``run.json`` with the precision used; validation metrics are only returned.
     """
+    if precision not in ("fp32", "bf16"):
+        raise UsageError(f"precision must be fp32 or bf16, not {precision!r}")
 
     info = read_run(run)
     if dataset is None:
@@ -258,8 +306,9 @@ def evaluate_run(run: str | Path, *, data: str | Path | None = None, split: str 
     if exclude_history is None:
         exclude_history = bool(info.train_config.get("exclude_history", False))
     result = evaluate_model(model, dataset, split, ks=ks, exclude_history=exclude_history,
-                            memory_budget_mb=memory_budget_mb, progress=progress)
+                            memory_budget_mb=memory_budget_mb, progress=progress, precision=precision, threads=threads)
     if split == "test":
-        info.test = {**result.metrics, "samples": result.n, "protocol": result.describe(), "seconds": result.seconds}
+        info.test = {**result.metrics, "samples": result.n, "protocol": result.describe(), "seconds": result.seconds,
+                     "precision": result.extra["precision"]}
         fsutil.atomic_write_text(Path(run) / RUN_FILE, info.to_json())
     return info, result
