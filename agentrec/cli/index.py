@@ -18,6 +18,7 @@ from agentrec.cli.options import (
     REQUIRED,
     SIGNALS_HELP,
     ChromaHostOption,
+    DeviceOption,
     EmbedderOption,
     QuietOption,
     StoreOption,
@@ -50,6 +51,7 @@ def build(
     max_neighbors: Annotated[int, typer.Option(help="HNSW graph edges per node (M).")] = 16,
     threads: Annotated[int, typer.Option(help="Torch threads for embedding (default 1: often fastest on a small shared machine).")] = 1,
     signals: Annotated[Optional[str], typer.Option(help=SIGNALS_HELP + " The default collection name gets a sig-... suffix.")] = None,
+    device: DeviceOption = "auto",
     quiet: QuietOption = False,
 ):
     """Embed every item's text and store it in a Chroma collection; a complete matching collection is reused.
@@ -66,17 +68,20 @@ def build(
     """
     set_verbosity(quiet=quiet)
     from agentrec.data.dataset import PreparedDataset
+    from agentrec.retrieval.embedders import get_embedder
     from agentrec.retrieval.index import CatalogueIndex, HNSWSettings
 
     if chroma_host is None:
         check_writable("store", store)
+    # where the item texts are embedded; the device is not in the embedder's fingerprint, so the vectors cached
+    # in the dataset folder and the collection are the same whichever device made them
+    embedder_object = get_embedder(embedder, device=device)  # a bad name or a missing GPU fails before any work
     torch_threads(threads)
     started = time.perf_counter()
     dataset = PreparedDataset.load(data)
     hnsw = HNSWSettings(ef_construction=ef_construction, ef_search=ef_search, max_neighbors=max_neighbors)
     signal_texts = None
     if signals:
-        from agentrec.retrieval.embedders import get_embedder
         from agentrec.retrieval.index import default_collection_name, sanitise_collection_name
         from agentrec.signals.store import load_signals, signals_tag
 
@@ -84,8 +89,8 @@ def build(
         typer.echo(f"signals: {', '.join(signal_info['aspects'])} from {signal_info['set']} (coverage "
                    f"{', '.join(f'{a} {100 * c:.1f}%' for a, c in signal_info['coverage'].items())})")
         collection = collection or sanitise_collection_name(
-            f"{default_collection_name(dataset, get_embedder(embedder))}-{signals_tag(signal_info)}")
-    index = CatalogueIndex.build(dataset, embedder, store=store, chroma_host=chroma_host, collection=collection,
+            f"{default_collection_name(dataset, embedder_object)}-{signals_tag(signal_info)}")
+    index = CatalogueIndex.build(dataset, embedder_object, store=store, chroma_host=chroma_host, collection=collection,
                                  signals=signal_texts, hnsw=hnsw, rebuild=rebuild, progress=not quiet)
     seconds = time.perf_counter() - started
     typer.echo(f"collection  {index.name}  ({'reused' if index.reused else 'built'}, {index.location})")

@@ -116,6 +116,9 @@ EmbedderOption = Annotated[str, typer.Option(help=EMBEDDER_HELP)]
 StoreOption = Annotated[Path, typer.Option(help=STORE_HELP)]
 ChromaHostOption = Annotated[Optional[str], typer.Option(help=HOST_HELP)]
 ThreadsOption = Annotated[int, typer.Option(help="Torch threads (default 1: often fastest on a small shared machine).")]
+DEVICE_HELP = ("Where torch work runs: auto (CUDA when torch sees a GPU, else the CPU), cpu, cuda or cuda:N. "
+               "The CUDA paths are untested here (no GPU was available).")
+DeviceOption = Annotated[str, typer.Option(help=DEVICE_HELP)]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or progress lines.")]
 FIELDS_HELP = "Item text fields shown in prompts, comma-separated: title, year, genres, brand, categories, price, description."
 

@@ -15,9 +15,11 @@ import typer
 
 from agentrec.cli.configfile import ConfigFile, convert, with_config
 from agentrec.cli.options import (
+    DEVICE_HELP,
     EMBEDDER_HELP,
     REQUIRED,
     SIGNALS_HELP,
+    DeviceOption,
     ModelName,
     QuietOption,
     SemanticMode,
@@ -36,6 +38,14 @@ app = typer.Typer()
 TRAIN_CONFIG_HELP = ("A TOML or JSON file of train's options (keys as the option names, with _ or -), and the model's "
                      "settings in a [model] or [model_settings] table (as --set); the older layout "
                      '{"train": {...}, "model": {...}} is read too. Flags given here win over it.')
+
+
+class TrainPrecision(str, Enum):
+    """The precision of the training steps (TrainConfig.precision)."""
+
+    fp32 = "fp32"
+    bf16 = "bf16"
+    auto = "auto"
 
 
 @app.command("train")
@@ -63,6 +73,8 @@ def train(
     semantic: Annotated[Optional[SemanticMode], typer.Option(help="SemSR variant: 'init' starts the item table from LLM item embeddings (SemSR-I); 'fusion' adds a frozen LLM item table and session branch (SemSR-F).")] = None,
     embedder: Annotated[str, typer.Option(help=EMBEDDER_HELP + " For --semantic.")] = "minilm",
     signals: Annotated[Optional[str], typer.Option(help="With --semantic: " + SIGNALS_HELP)] = None,
+    device: Annotated[Optional[str], typer.Option(help=DEVICE_HELP + " Default auto.")] = None,
+    precision: Annotated[Optional[TrainPrecision], typer.Option(help="Precision of the training steps: fp32 (the default), bf16 (autocast: matrix products in bfloat16, weights and optimiser in fp32), or auto (bf16 where the device computes it natively).")] = None,
     quiet: QuietOption = False,
     config_file: ConfigFile | None = None,
 ):
@@ -73,6 +85,7 @@ def train(
       agentrec train --model niser --data data/ml-100k --out runs/niser --epochs 20 --set sigma=16
     """
     set_verbosity(quiet=quiet)
+    from agentrec.core.devices import resolve_device
     from agentrec.core.metrics import format_metrics
     from agentrec.data.dataset import PreparedDataset
     from agentrec.pipelines.train import RunSpec, build_model_config, build_train_config, train_run
@@ -83,9 +96,11 @@ def train(
     flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "lr_step": lr_step,
              "lr_gamma": lr_gamma, "patience": patience, "select_metric": select_metric,
              "exclude_history": exclude_history, "seed": seed, "threads": threads,
-             "max_train_samples": max_train_samples}
+             "max_train_samples": max_train_samples, "device": device,
+             "precision": precision.value if precision is not None else None}
     # every setting is range-checked here, before the dataset is read
     train_config = build_train_config(None, flags)
+    resolve_device(train_config.device)  # a missing GPU is found before the dataset is read
     model_config = None
     if model != ModelName("pop"):
         settings = model_settings(model.value, config_file, model_option or [])
@@ -171,15 +186,19 @@ def evaluate(
     memory_mb: Annotated[float, typer.Option(help="Memory budget for one chunk of scores.")] = 256.0,
     precision: Annotated[Precision, typer.Option(help="Precision of the session-by-catalogue product: bf16 is faster on CPUs that multiply bf16 natively (AVX512-BF16, AMX); the near-ties are re-scored, so the ranks are exactly those of fp32.")] = Precision.fp32,
     threads: Annotated[Optional[int], typer.Option(help="Torch threads, and threads counting ranks (default: torch's own, one per core).")] = None,
+    device: DeviceOption = "auto",
 ):
     """Rank every test target against the full catalogue; print Recall, MRR and NDCG at 10, 20, 100."""
+    from agentrec.core.devices import resolve_device
     from agentrec.core.metrics import format_metrics
     from agentrec.training.runs import evaluate_run
 
+    resolve_device(device)  # a malformed name or a missing GPU: one line, before the run is read
     if split == Split.test:  # the test metrics go into RUN/run.json: an unwritable run is found before evaluating
         check_argument("RUN", Writable(), run)
     info, result = evaluate_run(run, data=data, split=split.value, exclude_history=exclude_history,
-                                memory_budget_mb=memory_mb, progress=True, precision=precision.value, threads=threads)
+                                memory_budget_mb=memory_mb, progress=True, precision=precision.value, threads=threads,
+                                device=device)
     variant = f" + SemSR-{info.semantic['mode'][0].upper()} ({info.semantic.get('embedder')})" if info.semantic else ""
     typer.echo(f"{info.model}{variant} on {info.dataset['name']} ({info.dataset.get('protocol')}), {split.value}: "
                f"{result.describe()}")

@@ -31,6 +31,7 @@ import numpy as np
 
 from agentrec.core import fsutil
 from agentrec.core.config import merge_into
+from agentrec.core.devices import resolve_device
 from agentrec.core.errors import UsageError
 from agentrec.core.metrics import chunk_rows
 from agentrec.core.options import check_writable
@@ -187,7 +188,8 @@ def train(model: str, data, *, out: str | Path, variant: str | None = None, embe
           lr_step: int | None = None, lr_gamma: float | None = None, select_metric: str | None = None,
           patience: int | None = None, exclude_history: bool | None = None, seed: int | None = None,
           threads: int | None = None, eval_memory_mb: float | None = None, max_train_samples: int | None = None,
-          bucket: int | None = None, progress: bool = False) -> Run:
+          bucket: int | None = None, device: str | None = None, precision: str | None = None,
+          progress: bool = False) -> Run:
     """Train ``model`` on ``data`` into the run folder ``out`` (``agentrec train``), through :func:`train_run`.
 
     Args:
@@ -203,6 +205,10 @@ def train(model: str, data, *, out: str | Path, variant: str | None = None, embe
             seed, threads, eval_memory_mb, max_train_samples, bucket: training settings
             (:class:`~agentrec.training.trainer.TrainConfig`); None keeps the default. Each is
             type- and range-checked before any work.
+        device: where training runs: ``"auto"`` (the default: CUDA when torch sees a GPU, else the CPU),
+            ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; an unavailable GPU is a UsageError before any work. The
+            returned run loads its model on the same device.
+        precision: of the training steps: ``"fp32"`` (the default), ``"bf16"`` (autocast) or ``"auto"``.
         progress: progress bars.
 
     Returns:
@@ -212,8 +218,9 @@ def train(model: str, data, *, out: str | Path, variant: str | None = None, embe
     flags = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, lr_step=lr_step,
                  lr_gamma=lr_gamma, select_metric=select_metric, patience=patience, exclude_history=exclude_history,
                  seed=seed, threads=threads, eval_memory_mb=eval_memory_mb, max_train_samples=max_train_samples,
-                 bucket=bucket)
+                 bucket=bucket, device=device, precision=precision)
     train_config = merge_into(TrainConfig, {}, flags, where="train settings")
+    resolve_device(train_config.device)  # a missing GPU is found before any work
     if settings is not None and not isinstance(settings, dict):
         raise UsageError(f"settings must be a dict of model settings, e.g. {{'embedding_size': 64}}, got "
                          f"{type(settings).__name__} {settings!r:.60}")
@@ -227,12 +234,16 @@ def train(model: str, data, *, out: str | Path, variant: str | None = None, embe
     fsutil.refuse_foreign(out, RUN_ENTRIES, what="a run folder")
     dataset = _as_dataset(data)
     train_run(spec, dataset, out, progress=progress)
-    return Run(out, dataset=dataset)
+    return Run(out, dataset=dataset, device=train_config.device)
 
 
-def load_run(path: str | Path, data=None) -> Run:
-    """The run in folder ``path``; ``data`` (a PreparedDataset or folder) defaults to the one the run records."""
-    return Run(path, dataset=data)
+def load_run(path: str | Path, data=None, *, device: str = "cpu") -> Run:
+    """The run in folder ``path``; ``data`` (a PreparedDataset or folder) defaults to the one the run records.
+
+    ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``) is where its model is loaded and scores.
+    """
+    resolve_device(device)  # a malformed name or a missing GPU fails now, not at first use
+    return Run(path, dataset=data, device=device)
 
 
 class Run:
@@ -244,15 +255,17 @@ class Run:
             validation history, and ``test`` once evaluated).
     """
 
-    def __init__(self, path: str | Path, *, dataset=None):
+    def __init__(self, path: str | Path, *, dataset=None, device: str = "cpu"):
         """
         Args:
             path: a run folder written by :func:`train` or ``agentrec train``.
             dataset: the dataset it was trained on (a PreparedDataset or its folder); default: the
                 folder the run records, loaded on first use. A dataset with another fingerprint is
                 refused when the model loads.
+            device: where the model is loaded and scores (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``).
         """
         self.path = Path(path)
+        self.device = device
         self.info: RunInfo = read_run(self.path)
         if dataset is not None and not isinstance(dataset, (PreparedDataset, str, Path)):
             _as_dataset(dataset, "dataset")  # raises, naming the type
@@ -280,7 +293,7 @@ class Run:
     def model(self):
         """The trained model, loaded on first use (checked against the dataset's fingerprint)."""
         if self._model is None:
-            self.info, self._model = load_model(self.path, self.dataset)
+            self.info, self._model = load_model(self.path, self.dataset, device=self.device)
         return self._model
 
     def evaluate(self, split: str = "test") -> dict[str, float]:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from agentrec.core import assets
+from agentrec.core.devices import resolve_device
 from agentrec.core.errors import UsageError
 from agentrec.core.templates import item_texts, texts_digest
 
@@ -159,7 +160,14 @@ class CausalLMEmbedder(Embedder):
 
 
 def get_embedder(name: str = DEFAULT_EMBEDDER, *, device: str = "cpu") -> Embedder:
-    """Embedder by name (see the module docstring)."""
+    """Embedder by name (see the module docstring).
+
+    ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``; :func:`agentrec.core.devices.resolve_device`) is where it
+    embeds; the vectors come back on the CPU either way, and the fingerprint leaves the device out, so caches and
+    indexes built on one device serve the other.
+    """
+    if device != "cpu":  # the CPU needs no check (and no torch import here)
+        device = str(resolve_device(device))
 
     if name in ("minilm", "all-MiniLM-L6-v2"):
         return SentenceTransformerEmbedder(str(assets.minilm_dir()), name="minilm", device=device)
@@ -173,17 +181,18 @@ def get_embedder(name: str = DEFAULT_EMBEDDER, *, device: str = "cpu") -> Embedd
 
 
 def item_embeddings(dataset, embedder: Embedder | str = DEFAULT_EMBEDDER, *, template=None, signals=None,
-                    cache: str | Path | None = None, progress: bool = True) -> np.ndarray:
+                    cache: str | Path | None = None, progress: bool = True, device: str = "cpu") -> np.ndarray:
     """``(n_items + 1, d)`` unit vectors of the dataset's item texts; row 0 (padding) is zero.
 
     Cached under ``cache`` (default: ``DATASET/embeddings``) by a key over the embedder's
     fingerprint and every rendered text (so the template and the item table are both in it): a
     second call with the same inputs reads the file and computes nothing. A damaged cache file
-    (truncated, corrupted, wrong shape, non-finite values) is logged as a warning and rebuilt.
+    (truncated, corrupted, wrong shape, non-finite values) is logged as a warning and rebuilt. ``device`` is
+    where an embedder given by name runs (see :func:`get_embedder`).
     """
 
     texts = item_texts(dataset.items, template=template, signals=signals)
-    embedder = get_embedder(embedder) if isinstance(embedder, str) else embedder
+    embedder = get_embedder(embedder, device=device) if isinstance(embedder, str) else embedder
     key = embedding_key(embedder.fingerprint, texts)
     folder = Path(cache) if cache else (Path(dataset.path) / "embeddings" if dataset.path else None)
     if folder is not None and (folder / f"{key}.npy").exists():

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from agentrec.core import fsutil
+from agentrec.core.devices import resolve_device
 from agentrec.core.errors import DamagedFileError, MismatchError, NotFoundError, TrainingDivergedError, UsageError
 from agentrec.core.metrics import DEFAULT_KS, RankingResult, rank_samples
 from agentrec.core.ranking import rank_products
@@ -134,8 +135,11 @@ def check_dataset(info: RunInfo, dataset) -> None:
         )
 
 
-def load_model(run: str | Path, dataset):
+def load_model(run: str | Path, dataset, *, device: str = "cpu"):
     """Rebuild the model of a run folder for ``dataset`` (checked against the run's fingerprint).
+
+    ``device`` (``auto``, ``cpu``, ``cuda`` or ``cuda:N``; see :func:`agentrec.core.devices.resolve_device`)
+    is where the weights are loaded and the model runs; checkpoints are device-free, so any run loads anywhere.
 
     Raises:
         DamagedFileError: ``weights.safetensors`` is missing a tensor, truncated or corrupted, or does
@@ -147,6 +151,7 @@ def load_model(run: str | Path, dataset):
     from safetensors.torch import load_file
 
 
+    target = resolve_device(device)  # a missing GPU fails before anything is read
     info = read_run(run)
     check_dataset(info, dataset)
     run_file = (Path(run) / RUN_FILE).resolve()
@@ -165,14 +170,14 @@ def load_model(run: str | Path, dataset):
     if not weights.is_file():
         raise DamagedFileError(f"{weights} is not a file; {_RETRAIN}")
     try:
-        state = load_file(str(weights))
+        state = load_file(str(weights))  # on the CPU (checked there), then the model moves to the device
     except (SafetensorError, OSError) as error:
         raise DamagedFileError(f"{weights}: truncated or corrupted ({error}); {_RETRAIN}") from None
     if info.model != "pop":  # the popularity floor is counted, not trained: nothing to diverge
         _check_finite_weights(state, weights)
     try:
         if info.semantic.get("mode") == "fusion":
-            model = SemanticFusion(model, state["llm_items"].numpy(),
+            model = SemanticFusion(model, state["llm_items"].cpu().numpy(),
                                    FusionConfig(output_size=info.semantic.get("output_size")))
         model.load_state_dict(state)
     except KeyError as error:
@@ -182,6 +187,8 @@ def load_model(run: str | Path, dataset):
         reason = " ".join(str(error).split())
         raise DamagedFileError(f"{weights}: does not fit the model in {run_file.name} ({reason[:300]}); "
                                f"{_RETRAIN}") from None
+    if hasattr(model, "to"):
+        model.to(target)
     if hasattr(model, "eval"):
         model.eval()
     return info, model
@@ -219,6 +226,10 @@ def evaluate_model(model, dataset, split: str = "valid", *, ks=DEFAULT_KS, exclu
             near-ties). Any other model (the popularity floor, a re-ranker) is ranked from its scores;
             ``result.extra["precision"]`` says which path ran ("scores" for that one).
         threads: torch threads (and counting threads on the product path); None keeps the current setting.
+
+    The model's scores are computed where the model is (its device). The product path ranks on the CPU
+    (:func:`~agentrec.core.ranking.rank_products` is CPU-only): a model on a GPU computes its session
+    queries there, and they are moved to the CPU, with the item table, for the product and the ranks.
     """
     if precision not in (None, "fp32", "bf16"):
         raise UsageError(f"precision must be fp32 or bf16, not {precision!r}")
@@ -227,8 +238,12 @@ def evaluate_model(model, dataset, split: str = "valid", *, ks=DEFAULT_KS, exclu
         import torch
 
         with torch.no_grad():
-            table = model.scoring_table()
-        return rank_products(lambda index: model.query_chunk(samples, index), table, samples, dataset.n_items,
+            table = model.scoring_table().cpu()  # a no-op for a model on the CPU
+
+        def queries(index):
+            return model.query_chunk(samples, index).cpu()  # computed on the model's device, ranked on the CPU
+
+        return rank_products(queries, table, samples, dataset.n_items,
                              precision=precision, threads=threads, ks=ks, exclude_history=exclude_history,
                              memory_budget_mb=memory_budget_mb, progress=progress, desc=split)
     result = _with_threads(threads, lambda: rank_samples(
@@ -281,17 +296,20 @@ def dataset_ref(dataset) -> dict:
 def evaluate_run(run: str | Path, *, data: str | Path | None = None, split: str = "test", ks=DEFAULT_KS,
                  exclude_history: bool | None = None, memory_budget_mb: float = 256.0,
                  progress: bool = False, dataset: PreparedDataset | None = None,
-                 model=None, precision: str = "fp32", threads: int | None = None) -> tuple[RunInfo, RankingResult]:
+                 model=None, precision: str = "fp32", threads: int | None = None,
+                 device: str = "cpu") -> tuple[RunInfo, RankingResult]:
     """Evaluate the run's selected checkpoint on ``split`` (test by default) and record the result.
 
     ``dataset`` (already loaded) takes the place of ``data`` (its folder; default: the one the run
     records), and ``model`` (already loaded from this run by :func:`load_model`) saves loading it again.
     ``precision`` (``"fp32"`` or ``"bf16"``) is the product's precision; both give the same exact ranks
-    (see :func:`evaluate_model`); ``threads`` are torch threads (None: as they are).
+    (see :func:`evaluate_model`); ``threads`` are torch threads (None: as they are). ``device`` (``auto``,
+    ``cpu``, ``cuda``, ``cuda:N``) is where the loaded model runs; the product and the ranks stay on the CPU.
     Test metrics are written into ``run.json`` with the precision used; validation metrics are only returned.
     """
     if precision not in ("fp32", "bf16"):
         raise UsageError(f"precision must be fp32 or bf16, not {precision!r}")
+    resolve_device(device)  # a malformed name or a missing GPU fails before anything is read
 
     info = read_run(run)
     if dataset is None:
@@ -300,7 +318,7 @@ def evaluate_run(run: str | Path, *, data: str | Path | None = None, split: str 
             raise UsageError("the run does not record its dataset path; pass --data")
         dataset = PreparedDataset.load(data_path)
     if model is None:
-        info, model = load_model(run, dataset)
+        info, model = load_model(run, dataset, device=device)
     else:
         check_dataset(info, dataset)
     if exclude_history is None:

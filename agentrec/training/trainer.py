@@ -7,7 +7,6 @@ The checkpoint kept is the one with the best validation metric; test is never lo
 
 from __future__ import annotations
 
-import copy
 import functools
 import logging
 import math
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agentrec.core.devices import DEVICE_NAME, DEVICES_HELP, resolve_device
 from agentrec.core.errors import TrainingDivergedError, UsageError
 from agentrec.core.metrics import DEFAULT_KS
 from agentrec.core.options import COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, SEED, OptionError, Range
@@ -56,6 +56,9 @@ class TrainConfig:
     # the time of an fp32 epoch on an AMD EPYC with AVX-512 BF16, about the same on a Xeon with AMX, and slower on
     # a CPU that has no native bf16 (8x with AVX2 alone). auto: bf16 where the hardware has it (resolve_precision)
     precision: str = "fp32"
+    # where the model, its batches and validation run: auto (CUDA when torch sees one, else the CPU), cpu, cuda or
+    # cuda:N (agentrec.core.devices.resolve_device). Checkpoints are saved from CPU copies, so any device loads them
+    device: str = "auto"
 
     def __post_init__(self):
         """Range-check every field before any work; an :class:`OptionError` names the field."""
@@ -70,6 +73,9 @@ class TrainConfig:
         SEED.check("seed", self.seed)
         if self.precision not in PRECISIONS:
             raise OptionError("precision", f"must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        if not DEVICE_NAME.match(str(self.device).strip().lower()):
+            raise OptionError("device", f"must be {DEVICES_HELP}; got {self.device!r}")
+        self.device = str(self.device).strip().lower()
         family, _, k = str(self.select_metric).partition("@")
         if family not in METRIC_FAMILIES or not k.isdigit() or int(k) < 1:
             raise OptionError("select_metric", f"must be one of {', '.join(f + '@K' for f in METRIC_FAMILIES)} with "
@@ -136,16 +142,18 @@ def train_model(model, dataset, config: TrainConfig, *, out: str | Path | None =
     if len(dataset.valid) == 0:  # before any work: there would be no epoch to select
         raise UsageError(f"the validation split of dataset {dataset.name!r} ({dataset.path}) is empty, so no epoch "
                          "can be selected; prepare it again with a validation split")
+    device = resolve_device(config.device)  # before any work: a missing GPU is a UsageError
     torch.set_num_threads(config.threads)
     set_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     train = dataset.train
     if config.max_train_samples is not None and config.max_train_samples < len(train):
         train = train.subset(np.sort(rng.choice(len(train), config.max_train_samples, replace=False)))
+    model.to(device)  # before the optimiser is built, so it holds the parameters on the device
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
     ks = tuple(sorted(set(DEFAULT_KS) | {int(config.select_metric.split("@")[1])}))
-    device_type = next(model.parameters()).device.type
+    device_type = device.type
     precision = resolve_precision(config.precision, device_type)
 
     history, best, best_state, best_epoch, stale = [], -math.inf, None, None, 0
@@ -158,7 +166,7 @@ def train_model(model, dataset, config: TrainConfig, *, out: str | Path | None =
         total_loss, seen = 0.0, 0
         bar = _bar(len(train), f"epoch {epoch}") if progress else None
         for number, index in enumerate(batches, start=1):
-            batch = model.make_batch(train, index)
+            batch = model.make_batch(train, index, device=device)
             try:
                 with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                     loss = model.loss(batch)
@@ -221,7 +229,8 @@ def train_model(model, dataset, config: TrainConfig, *, out: str | Path | None =
                     row["samples_per_second"], config.select_metric, score)
         if math.isfinite(score) and score > best:  # NaN (an empty split) is never a best
             best, best_epoch, stale = score, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
+            # a CPU copy: GPU memory holds one model, and the saved checkpoint loads on any device
+            best_state = {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
         else:
             stale += 1
             if stale >= config.patience:
@@ -253,6 +262,7 @@ def train_model(model, dataset, config: TrainConfig, *, out: str | Path | None =
             "train_samples": len(train),
             "stopped_by": stopped_by,  # epochs (ran them all), patience (early stopping) or time budget
             "precision": precision,  # of the training steps, with auto resolved
+            "device": str(device),  # where training ran, with auto resolved (train_config.device is as asked)
             "train_wall_s": time.perf_counter() - began,  # training and validation, every epoch
             "median_samples_per_second": float(np.median([h["samples_per_second"] for h in history])),
             "median_samples_per_cpu_second": float(np.median([h["samples_per_cpu_second"] for h in history])),
