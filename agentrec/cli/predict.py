@@ -1,7 +1,8 @@
 """``agentrec predict``: an LLM as the recommender, alone or fused with a trained model (``--hybrid``).
 
 ``predict`` is :func:`agentrec.pipelines.predict.predict`; with ``--hybrid RUN`` it is
-:func:`agentrec.pipelines.hybrid.predict_hybrid`.
+:func:`agentrec.pipelines.hybrid.predict_hybrid`. ``merge-predictions`` (of ``predict --shard I/N`` files) is
+:func:`agentrec.pipelines.predict.merge_predictions`.
 
 Typed with nothing but ``--strategy``, it runs on the offline default: MovieLens-100K in
 ``data/ml-100k`` (prepared when missing, as ``compare`` does), the first :data:`DEFAULT_LIMIT` test
@@ -46,6 +47,7 @@ from agentrec.core.options import (
     Writable,
     check_writable,
 )
+from agentrec.core.shards import parse_shard
 from agentrec.core.templates import ITEM_FIELDS
 from agentrec.llm import EngineConfig
 from agentrec.llm.prompts import STRATEGIES, PromptConfig, validate_strategy
@@ -73,6 +75,7 @@ def predict(
     k: Annotated[int, typer.Option("--k", "-k", help="Grounded list length: the K catalogue items nearest to the generated title.")] = 20,
     limit: Annotated[Optional[int], typer.Option(help=f"Only the first N sessions of the split (default {DEFAULT_LIMIT}: minutes on a CPU; --all for every session).")] = None,
     all_sessions: Annotated[bool, typer.Option("--all", help="Predict every session of the split (instead of the default --limit).")] = False,
+    shard: Annotated[Optional[str], typer.Option(help="I/N: only the selected sessions whose index i has i % N == I (0 <= I < N), for running one job on N machines; combine the N files with 'agentrec merge-predictions'.")] = None,
     split: Annotated[Split, typer.Option(help="Split whose sessions are predicted (few-shot examples always come from train).")] = Split.test,
     prompts: Annotated[Optional[Path], typer.Option(help="Folder with your own templates (fs.jinja, zcot_rationale.jinja, zcot_title.jinja, fscot.jinja); default: the shipped ones.")] = None,
     examples: Annotated[int, typer.Option(help="Few-shot examples per prompt (fs, fscot), drawn from train.")] = 3,
@@ -124,6 +127,10 @@ def predict(
     set_verbosity(quiet=quiet)
     if all_sessions and limit is not None:
         raise UsageError("give --limit N or --all, not both")
+    shard_parts = parse_shard(shard)
+    if shard_parts is not None and hybrid is not None:
+        raise UsageError("--shard is not offered with --hybrid; shard the LLM alone and merge with "
+                         "'agentrec merge-predictions'")
     given_data = data is not None
     data = data if given_data else default_data_folder()
     given_out = out is not None
@@ -138,6 +145,8 @@ def predict(
         limit_text = f"the first {limit} {split.value} sessions (the default; --limit N or --all for more)"
     else:
         limit_text = f"the first {limit} {split.value} sessions"
+    if shard_parts is not None:
+        limit_text += f", shard {shard_parts[0]}/{shard_parts[1]} (index i with i % {shard_parts[1]} == {shard_parts[0]})"
     prompt_config = PromptConfig(examples=examples, seed=seed, vary_examples=vary_examples,
                                  fields=split_names(fields), max_history=max_history,
                                  prompts=str(prompts) if prompts else None)
@@ -177,7 +186,7 @@ def predict(
         result = predict_hybrid(data, hybrid, strategy.value, engine, grid=grid, valid_sessions=valid_sessions,
                                 **common)
     else:
-        result = predict_llm(data, strategy.value, engine, **common)
+        result = predict_llm(data, strategy.value, engine, shard=shard_parts, **common)
     typer.echo(result.describe())
     llm_alone = out.with_suffix(".llm.jsonl")
     also = f", {llm_alone} (the LLM alone)" if hybrid is not None and llm_alone.exists() else ""
@@ -185,6 +194,39 @@ def predict(
     histogram = (llm_alone if hybrid is not None else out).with_suffix(".distances.png")
     if histogram.exists():
         typer.echo(f"grounding distances: {histogram}")
+
+
+@app.command("merge-predictions")
+@with_config()
+def merge_predictions(
+    out: Annotated[Path, typer.Argument(help="The merged JSON-lines file to write (its .summary.json beside it).")],
+    parts: Annotated[list[Path], typer.Argument(help="The shard files of 'agentrec predict --shard I/N', each with its .summary.json.")],
+    partial: Annotated[bool, typer.Option("--partial", help="Merge although some selected sessions are in no file (they are reported).")] = False,
+    quiet: QuietOption = False,
+):
+    """Merge the outputs of 'agentrec predict --shard I/N' into one file, as one unsharded run.
+
+    Checks that the files come from one run (strategy, engine, dataset fingerprint, split, K, the sessions
+    selected, prompt and sampling settings), that no session is in two files and that every selected session
+    is in one; writes the sessions in split order and recomputes Recall/MRR/NDCG from the merged ranks.
+
+    Example:
+
+      agentrec merge-predictions runs/fs.jsonl runs/fs-0.jsonl runs/fs-1.jsonl
+    """
+    set_verbosity(quiet=quiet)
+    check_writable("out", out, folder=False)
+    from agentrec.core.metrics import format_metrics
+    from agentrec.pipelines.predict import merge_predictions as merge
+
+    summary = merge(out, parts, allow_partial=partial)
+    coverage = summary["coverage"]
+    k = summary["k"]
+    typer.echo(f"{summary['strategy']} with {summary['engine']} on {summary['dataset']} ({summary['split']}): "
+               f"{coverage['sessions']:,} of {coverage['selected']:,} selected sessions from {len(parts)} files"
+               + (f"; missing samples {coverage['missing'][:10]}" if coverage["missing"] else ""))
+    typer.echo(format_metrics(summary["metrics"], ks=tuple(sorted({min(10, k), k}))))
+    typer.echo(f"\nwrote {out} and {out.with_suffix('.summary.json')}")
 
 
 def default_data_folder() -> Path:

@@ -1,8 +1,9 @@
-"""``agentrec signals generate | report``: LaMAR semantic signals.
+"""``agentrec signals generate | report | merge``: LaMAR semantic signals.
 
 ``generate`` is :func:`agentrec.signals.generate.generate_signals` (the engine made by
 :func:`agentrec.llm.get_engine` once the templates are checked); ``report`` is
-:func:`agentrec.signals.report.signal_report`.
+:func:`agentrec.signals.report.signal_report`; ``merge`` (of ``generate --shard I/N`` sets) is
+:func:`agentrec.signals.merge.merge_signal_sets`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import agentrec.llm
 from agentrec.cli.configfile import with_config
 from agentrec.cli.options import (
     REQUIRED,
+    DeviceOption,
     EmbedderOption,
     QuietOption,
     checked,
@@ -26,7 +28,18 @@ from agentrec.cli.options import (
     torch_threads,
 )
 from agentrec.core.errors import UsageError
-from agentrec.core.options import COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, SEED, Names, OptionError, Range, Writable
+from agentrec.core.shards import parse_shard
+from agentrec.core.options import (
+    COUNT,
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    SEED,
+    Names,
+    OptionError,
+    Range,
+    Writable,
+    check_writable,
+)
 from agentrec.core.templates import ITEM_FIELDS
 from agentrec.llm import EngineConfig
 from agentrec.signals.cleaning import ASPECT_NAMES
@@ -63,6 +76,7 @@ def generate(
     aspects: Annotated[str, typer.Option(help="Comma-separated LaMAR aspects: " + ", ".join(ASPECT_NAMES) + ".")] = ",".join(ASPECT_NAMES),
     limit: Annotated[Optional[int], typer.Option(help="Only the first N items of the catalogue (ids 1..N).")] = None,
     items: Annotated[Optional[str], typer.Option(help="Only these item ids, comma-separated.")] = None,
+    shard: Annotated[Optional[str], typer.Option(help="I/N: only the selected items whose index i has i % N == I (0 <= I < N); each shard writes its own --out, combined with 'agentrec signals merge'.")] = None,
     fields: Annotated[str, typer.Option(help="Item metadata shown to the model, comma-separated (title, year, genres, brand, categories, price, description); absent fields are skipped.")] = "title,year,genres,brand,categories,description",
     prompts: Annotated[Optional[Path], typer.Option(help="Folder with your own aspect_usage/intent/summary.jinja (default: the shipped ones).")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Most generated tokens per signal.")] = 48,
@@ -95,6 +109,7 @@ def generate(
 
     if limit is not None and items:
         raise UsageError("give --limit or --items, not both")
+    shard_parts = parse_shard(shard)
     wanted = parse_items(items)
     torch_threads(threads)
     config = SignalConfig(aspects=parse_aspects(aspects), fields=split_names(fields), max_new_tokens=max_new_tokens,
@@ -108,7 +123,8 @@ def generate(
                                      f"{', '.join(map(str, outside[:5]))}", typed=True)
     validate_aspects(config.aspects, config.prompts)  # before the engine: vllm loads its model when made
     llm = agentrec.llm.get_engine(engine, engine_config)
-    result = generate_signals(dataset, out, llm, config=config, item_ids=item_ids, progress=not quiet)
+    result = generate_signals(dataset, out, llm, config=config, item_ids=item_ids, progress=not quiet,
+                              shard=shard_parts)
     typer.echo(result.describe())
     (Path(out) / "last_run.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     typer.echo(f"\nreport it with: agentrec signals report {out}")
@@ -126,6 +142,7 @@ def report(
     dedup: Annotated[bool, typer.Option("--dedup", help="Also write a copy of the set without near duplicates (in item id order, later ones are removed).")] = False,
     dedup_out: Annotated[Optional[Path], typer.Option(help="Folder of the de-duplicated copy (default: SET-dedup).")] = None,
     threads: Annotated[int, typer.Option(help="Torch threads for embedding.")] = 1,
+    device: DeviceOption = "auto",
 ):
     """Coverage, distinct-1/2, exact and near-duplicate rates, novelty against the item's metadata, and
     per-genre (category) repetitiveness; writes report.md and report.json into the set.
@@ -137,10 +154,38 @@ def report(
       agentrec signals report signals/ml-100k-smollm2 --dedup --threshold 0.92
     """
     set_verbosity(quiet=True)
+    from agentrec.retrieval.embedders import get_embedder
     from agentrec.signals.report import format_report, signal_report
 
+    embedder_object = get_embedder(embedder, device=device)  # where the signals are embedded; not in the fingerprint
     torch_threads(threads)
     target = (dedup_out or path.with_name(path.name + "-dedup")) if dedup or dedup_out else None
-    found = signal_report(path, dataset=data, embedder=embedder, threshold=threshold, dedup_out=target)
+    found = signal_report(path, dataset=data, embedder=embedder_object, threshold=threshold, dedup_out=target)
     typer.echo(format_report(found))
     typer.echo(f"\nwrote {path / 'report.md'} and {path / 'report.json'}")
+
+
+@app.command("merge")
+@with_config()
+def merge(
+    out: Annotated[Path, typer.Argument(help="The merged signal set folder to write (new, or --force).")],
+    parts: Annotated[list[Path], typer.Argument(help="The shards' signal sets ('agentrec signals generate --shard I/N').")],
+    force: Annotated[bool, typer.Option("--force", help="Replace what OUT holds.")] = False,
+):
+    """Merge the signal sets of 'signals generate --shard I/N' into one set that 'signals report' and --signals read.
+
+    Checks that the sets come from one run (dataset and catalogue fingerprints, engine, sampling, cleaning,
+    fields, templates) and that no (item, aspect) pair is in two sets; reports the coverage per aspect.
+
+    Example:
+
+      agentrec signals merge signals/ml-100k signals/ml-100k-0 signals/ml-100k-1
+    """
+    set_verbosity(quiet=True)
+    check_writable("out", out)
+    from agentrec.signals.merge import describe_coverage, merge_signal_sets
+
+    coverage = merge_signal_sets(out, parts, force=force)
+    typer.echo(f"merged {len(parts)} signal sets into {out} ({coverage['items']:,} catalogue items)")
+    typer.echo(describe_coverage(coverage))
+    typer.echo(f"\nreport it with: agentrec signals report {out}")

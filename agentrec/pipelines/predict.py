@@ -38,14 +38,15 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 from agentrec.core import fsutil
-from agentrec.core.errors import UsageError
+from agentrec.core.errors import MismatchError, NotFoundError, UsageError
 from agentrec.core.metrics import format_metrics, metrics_from_ranks
+from agentrec.core.shards import shard_rows, shard_text
 from agentrec.data.dataset import PreparedDataset
 from agentrec.llm import Engine, EngineConfig, SamplingParams, get_engine
 from agentrec.llm.cache import GenerationCache, cached_generate
@@ -151,6 +152,11 @@ class PredictResult:
     examples_dropped: int = 0  # few-shot examples left out of those prompts
     session_items_dropped: int = 0  # oldest session items left out of those prompts
     ground_distance: float = DEFAULT_GROUND_DISTANCE
+    shard: str | None = None  # "I/N": only the selected sessions whose index i has i % N == I
+    selected: int | None = None  # sessions selected before sharding (the first --limit, or all)
+    dataset_fingerprint: str | None = None
+    prompts: dict | None = None  # the prompt settings (a merge of shards checks they are equal)
+    generation: dict | None = None  # the sampling settings (likewise)
     seconds: float = 0.0
     out: str | None = None
     candidates: Candidates | None = field(repr=False, default=None)  # the grounded top-K lists, in memory
@@ -197,7 +203,7 @@ class PredictResult:
 # ================================================================================================ generate + ground
 def generate_candidates(builder: PromptBuilder, plan: Strategy, engine: Engine, index, *, k: int,
                         n: int | None = None, generation: GenerationConfig | None = None,
-                        cache: GenerationCache | None = None) -> Candidates:
+                        cache: GenerationCache | None = None, rows=None) -> Candidates:
     """Generate a title for each query session of ``builder`` and ground all of them in the catalogue.
 
     Args:
@@ -209,6 +215,8 @@ def generate_candidates(builder: PromptBuilder, plan: Strategy, engine: Engine, 
         index: a :class:`~agentrec.retrieval.index.CatalogueIndex` (or anything with its ``match``).
         k: candidates per session (the nearest items to the parsed title), at most the catalogue's size.
         n: only the first ``n`` query sessions (default: all of them).
+        rows: instead of the first ``n``, these query sessions (indices into ``builder.samples``, in the
+            order given; a shard's, see :func:`shard_rows`). Row ``j`` of the result is session ``rows[j]``.
         generation: sampling and chunking (default :class:`GenerationConfig`).
         cache: the generation cache, or None for none.
 
@@ -219,7 +227,11 @@ def generate_candidates(builder: PromptBuilder, plan: Strategy, engine: Engine, 
     """
     generation = generation or GenerationConfig()
     samples = builder.samples
-    n = len(samples) if n is None else min(int(n), len(samples))
+    if rows is None:
+        n = len(samples) if n is None else min(int(n), len(samples))
+        rows = np.arange(n)
+    rows = np.asarray(rows, dtype=np.int64)
+    n = len(rows)
     raw = [""] * n
     rationales: list[str | None] = [None] * n
     prompt_ids = [""] * n
@@ -229,18 +241,18 @@ def generate_candidates(builder: PromptBuilder, plan: Strategy, engine: Engine, 
                        raw=raw, rationales=rationales, prompt_ids=prompt_ids, tokens=tokens, cached=cached)
     chunk_size = max(1, generation.chunk_size)
     for start in range(0, n, chunk_size):
-        rows = np.arange(start, min(n, start + chunk_size))
+        local = np.arange(start, min(n, start + chunk_size))  # positions in the result
         step_rationales = None
         for step in plan.steps:
             params = generation.params(step.output)
-            chats = builder.step_chats(plan, step, rows, rationales=step_rationales,
+            chats = builder.step_chats(plan, step, rows[local], rationales=step_rationales,
                                        max_new_tokens=params.max_new_tokens)
             batch = cached_generate(engine, chats, params, template_digest=builder.template_digest(step.template),
                                     cache=cache)
             found.engine_seconds += batch.engine_seconds
             found.cache_hits += batch.hits if cache is not None else 0
             found.cache_lookups += len(chats) if cache is not None else 0
-            for j, (row, made, from_cache) in enumerate(zip(rows, batch.generations, batch.cached)):
+            for j, (row, made, from_cache) in enumerate(zip(local, batch.generations, batch.cached)):
                 cached[row] &= from_cache
                 if made.tokens_in is None or made.tokens_out is None:
                     found.unknown_token_counts += 1
@@ -255,8 +267,8 @@ def generate_candidates(builder: PromptBuilder, plan: Strategy, engine: Engine, 
                     raw[row] = made.text
                     prompt_ids[row] = chat_digest(chats[j])[:16]
             if step.output == "rationale":
-                step_rationales = [rationales[row] for row in rows]
-        logger.info("%s: generated %d of %d sessions (%.1f s in the engine)", plan.name, rows[-1] + 1, n,
+                step_rationales = [rationales[row] for row in local]
+        logger.info("%s: generated %d of %d sessions (%.1f s in the engine)", plan.name, local[-1] + 1, n,
                     found.engine_seconds)
 
     # ground every parsed title at once: one embedder call, one Chroma query
@@ -278,7 +290,8 @@ def predict(dataset, strategy: str = "fs", engine: Engine | str | None = None, *
             generation: GenerationConfig | None = None, index=None, embedder: str = "minilm",
             store: str | Path = "vectorstore", chroma_host: str | None = None,
             cache: GenerationCache | str | Path | bool = True,
-            ground_distance: float = DEFAULT_GROUND_DISTANCE, progress: bool = False) -> PredictResult:
+            ground_distance: float = DEFAULT_GROUND_DISTANCE, progress: bool = False,
+            shard: tuple[int, int] | str | None = None) -> PredictResult:
     """Recommend with an LLM for the sessions of ``split`` and measure it.
 
     Args:
@@ -300,6 +313,9 @@ def predict(dataset, strategy: str = "fs", engine: Engine | str | None = None, *
         cache: True for the default cache file, a path for another, a GenerationCache, or False for none.
         ground_distance: cosine distance above which a parsed title counts as ungrounded.
         progress: progress bars while building the index.
+        shard: ``(I, N)`` or ``"I/N"``: only the selected sessions whose index ``i`` (in split order, among
+            the first ``limit``) has ``i % N == I`` (:mod:`agentrec.core.shards`); records keep their
+            split index in ``sample``, so shard files merge with :func:`merge_predictions`.
 
     Returns:
         A :class:`PredictResult`; metrics follow :data:`PROTOCOL`; ``result.candidates`` holds the
@@ -320,13 +336,20 @@ def predict(dataset, strategy: str = "fs", engine: Engine | str | None = None, *
         index = CatalogueIndex.build(dataset, embedder, store=store, chroma_host=chroma_host, progress=progress)
     builder = PromptBuilder(dataset, prompt_config, split=split, engine=engine)
     samples = builder.samples
-    n = len(samples) if limit is None else min(int(limit), len(samples))
+    selected = len(samples) if limit is None else min(int(limit), len(samples))
+    rows = shard_rows(selected, shard)  # (n,) split indices of the sessions predicted here
+    n = len(rows)
     result = PredictResult(strategy=plan.name, engine=engine.fingerprint, dataset=dataset.name, split=split, n=n,
-                           k=min(k, dataset.n_items), metrics={}, ranks=np.zeros(0), ground_distance=ground_distance)
+                           k=min(k, dataset.n_items), metrics={}, ranks=np.zeros(0), ground_distance=ground_distance,
+                           shard=shard_text(shard), selected=selected, dataset_fingerprint=dataset.fingerprint,
+                           prompts=prompt_settings(prompt_config),
+                           generation=asdict(generation or GenerationConfig()))
     if n == 0:
-        raise UsageError(f"{dataset.name}: the {split} split has no sessions to predict")
+        raise UsageError(f"{dataset.name}: the {split} split has no sessions to predict"
+                         + (f" in shard {result.shard} of its {selected} selected sessions" if shard else ""))
 
-    found = generate_candidates(builder, plan, engine, index, k=result.k, n=n, generation=generation, cache=cache)
+    found = generate_candidates(builder, plan, engine, index, k=result.k, rows=rows, generation=generation,
+                                cache=cache)
     result.candidates = found
     for name in ("engine_seconds", "engine_calls", "generated_tokens_out", "cache_hits", "cache_lookups",
                  "unknown_token_counts"):
@@ -343,7 +366,7 @@ def predict(dataset, strategy: str = "fs", engine: Engine | str | None = None, *
 
     # measure: the target's position in each grounded list
     catalogue_titles = dataset.titles()
-    targets = samples.target[:n].astype(np.int64)
+    targets = samples.target[rows].astype(np.int64)
     ranks = np.full(n, math.inf)
     top: list[list[dict]] = [[] for _ in range(n)]
     for row, title in enumerate(found.titles):
@@ -370,7 +393,8 @@ def predict(dataset, strategy: str = "fs", engine: Engine | str | None = None, *
         for row in range(n):
             target = int(targets[row])
             record = {
-                "session": str(samples.session[row]), "sample": row, "split": split, "strategy": plan.name,
+                "session": str(samples.session[rows[row]]), "sample": int(rows[row]), "split": split,
+                "strategy": plan.name,
                 "prompt_id": found.prompt_ids[row], "rationale": found.rationales[row], "raw": found.raw[row],
                 "title": found.titles[row], "target": target, "target_title": catalogue_titles[target - 1],
                 "rank": None if math.isinf(ranks[row]) else int(ranks[row]), "top_k": top[row],
@@ -384,6 +408,97 @@ def predict(dataset, strategy: str = "fs", engine: Engine | str | None = None, *
         write_records(out, lines, result.summary())
         write_distances_plot(out, result, [row[0]["distance"] for row in top if row])
     return result
+
+
+def prompt_settings(config: PromptConfig) -> dict:
+    """The prompt settings as JSON values (tuples as lists), as a summary records them."""
+    return json.loads(json.dumps(asdict(config)))
+
+
+# ================================================================================================ merge shards
+# summary keys that must agree between the shards of one run
+MERGE_KEYS = ("strategy", "engine", "dataset", "dataset_fingerprint", "split", "k", "selected", "prompts",
+              "generation", "ground_distance", "protocol")
+
+
+def merge_predictions(out: str | Path, parts, *, allow_partial: bool = False) -> dict:
+    """Merge the JSON lines of :func:`predict` shards (``--shard I/N``) into one file, as one unsharded run.
+
+    Each part is a ``.jsonl`` file with its ``.summary.json`` beside it. The summaries must agree on
+    :data:`MERGE_KEYS` (strategy, engine, dataset and its fingerprint, split, k, the sessions selected, prompt
+    and sampling settings); no session (``sample``) may appear twice. Records are written in sample order;
+    Recall/MRR/NDCG are recomputed from the merged ranks, the counts summed. ``out`` and its
+    ``.summary.json`` are each written aside and renamed into place.
+
+    Args:
+        out: the merged ``.jsonl`` to write.
+        parts: the shard files.
+        allow_partial: merge although some selected sessions are in no part (they are listed in the
+            summary's ``coverage``); by default that is an error.
+
+    Returns:
+        The merged summary (``coverage``: ``{"sessions": found, "selected": expected, "missing": [...]}``).
+
+    Raises:
+        UsageError: a missing file, mismatched settings, a session twice, or (unless ``allow_partial``)
+            missing sessions; the message names the files and the key or sample.
+    """
+    parts = [Path(p) for p in parts]
+    if not parts:
+        raise UsageError("give at least one prediction file to merge")
+    summaries, records, origin = [], {}, {}
+    for part in parts:
+        summary_path = part.with_suffix(".summary.json")
+        for path in (part, summary_path):
+            if not path.exists():
+                raise NotFoundError(f"{path}: no such file (a predict output and its .summary.json are needed)")
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        if summaries:
+            for key in MERGE_KEYS:
+                if summary.get(key) != summaries[0].get(key):
+                    raise MismatchError(f"{part} and {parts[0]} differ in {key}: {summary.get(key)!r} vs "
+                                        f"{summaries[0].get(key)!r}; only shards of one run can be merged")
+        summaries.append(summary)
+        with open(part, encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                record = json.loads(line)
+                sample = int(record["sample"])
+                if sample in records:
+                    raise UsageError(f"session {record['session']} (sample {sample}) is in both {origin[sample]} "
+                                     f"and {part}:{number}; shards must be disjoint")
+                records[sample], origin[sample] = record, part
+    first = summaries[0]
+    selected = first.get("selected") or len(records)
+    missing = sorted(set(range(selected)) - set(records))
+    if missing and not allow_partial:
+        raise UsageError(f"{len(missing):,} of {selected:,} selected sessions are in no part (samples "
+                         f"{_brief(missing)}); give every shard, or allow a partial merge")
+    ordered = [records[s] for s in sorted(records)]
+    k = int(first["k"])
+    ranks = np.array([math.inf if r["rank"] is None else r["rank"] for r in ordered], dtype=float)
+    summary = {key: first.get(key) for key in MERGE_KEYS}
+    summary.update(n=len(ordered), shard=None, merged_from=[str(p) for p in parts],
+                   metrics=metrics_from_ranks(ranks, tuple(sorted({min(10, k), k}))),
+                   coverage={"sessions": len(ordered), "selected": selected, "missing": missing})
+    for key in ("tokens_in", "tokens_out", "unknown_token_counts", "generated_tokens_out", "engine_calls",
+                "engine_seconds", "cache_hits", "cache_lookups", "unparseable", "ungrounded", "exact_titles",
+                "items_cut", "prompts_cut", "examples_dropped", "session_items_dropped", "seconds"):
+        summary[key] = sum(s.get(key) or 0 for s in summaries)
+    n = max(len(ordered), 1)
+    summary.update(unparseable_rate=summary["unparseable"] / n, ungrounded_rate=summary["ungrounded"] / n,
+                   out=str(out))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_records(out, ordered, summary)
+    logger.info("merged %d sessions of %d parts into %s", len(ordered), len(parts), out)
+    return summary
+
+
+def _brief(values: list, m: int = 10) -> str:
+    shown = ", ".join(str(v) for v in values[:m])
+    return shown + (f", ... ({len(values) - m:,} more)" if len(values) > m else "")
 
 
 def write_distances_plot(out: Path, result: PredictResult, distances: list[float]) -> Path | None:

@@ -116,9 +116,9 @@ def build_model(name: str, dataset, config_path=None, *, embedding_size: int | N
 
 
 def load_llm_table(dataset, embedder: str = DEFAULT_EMBEDDER, *, template=None, signals=None,
-                   progress: bool = True) -> np.ndarray:
-    """``(n_items + 1, d)`` LLM item embeddings (row 0 zero), cached in the dataset folder."""
-    return item_embeddings(dataset, embedder, template=template, signals=signals, progress=progress)
+                   progress: bool = True, device: str = "cpu") -> np.ndarray:
+    """``(n_items + 1, d)`` LLM item embeddings (row 0 zero), cached in the dataset folder; embedded on ``device``."""
+    return item_embeddings(dataset, embedder, template=template, signals=signals, progress=progress, device=device)
 
 
 def train_run(spec: RunSpec, dataset, out: str | Path, *, config_path=None, progress: bool = True,
@@ -145,7 +145,8 @@ def train_run(spec: RunSpec, dataset, out: str | Path, *, config_path=None, prog
     if spec.variant is not None:
         signal_texts, signal_info = (load_signals(spec.signals, dataset) if spec.signals else (None, None))
         if llm_table is None:
-            llm_table = load_llm_table(dataset, spec.embedder, signals=signal_texts, progress=progress)
+            llm_table = load_llm_table(dataset, spec.embedder, signals=signal_texts, progress=progress,
+                                       device=spec.train.device)  # the training device (auto: a GPU if any)
         if spec.variant == "init":
             described = semantic_init(net, llm_table)
         else:

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from agentrec.core.errors import UsageError
+from agentrec.core.shards import shard_rows, shard_text
 from agentrec.data.dataset import PreparedDataset
 from agentrec.llm.base import Engine, SamplingParams
 from agentrec.llm.prompts import PromptBuilder, PromptConfig, validate_aspects
@@ -154,7 +155,8 @@ class GenerateResult:
 
 
 def generate_signals(dataset, out: str | Path, engine: Engine, *, config: SignalConfig | None = None,
-                     item_ids=None, budget_s: float | None = None, progress: bool = False) -> GenerateResult:
+                     item_ids=None, budget_s: float | None = None, progress: bool = False,
+                     shard: tuple[int, int] | str | None = None) -> GenerateResult:
     """Generate the missing signals of ``item_ids`` (default: the whole catalogue) into the set ``out``.
 
     Args:
@@ -165,6 +167,9 @@ def generate_signals(dataset, out: str | Path, engine: Engine, *, config: Signal
         item_ids: items to do, in this order (ids 1..n_items); repeats are done once.
         budget_s: start no new chunk after this many seconds (the rest is left for a rerun).
         progress: a tqdm bar over the pairs to generate.
+        shard: ``(I, N)`` or ``"I/N"``: only the items whose index ``i`` in ``item_ids`` (after repeats are
+            dropped) has ``i % N == I`` (:mod:`agentrec.core.shards`); the manifest records the shard. Each
+            shard writes its own set; :func:`agentrec.signals.merge.merge_signal_sets` combines them.
 
     Returns:
         A :class:`GenerateResult` with counts and throughput.
@@ -189,9 +194,11 @@ def generate_signals(dataset, out: str | Path, engine: Engine, *, config: Signal
     bad = [i for i in item_ids if not 1 <= i <= dataset.n_items]
     if bad:
         raise UsageError(f"item ids {bad[:5]} are outside 1..{dataset.n_items}")
+    item_ids = [item_ids[i] for i in shard_rows(len(item_ids), shard)]
 
     signal_set = SignalSet(out)
     wanted = build_manifest(dataset, engine, config, builder)
+    wanted["shard"] = shard_text(shard)
     with signal_set.lock():
         manifest = merge_manifest(signal_set.manifest, wanted, signal_set.path) if signal_set.exists() else wanted
         signal_set.write_manifest(manifest)

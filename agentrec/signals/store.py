@@ -46,8 +46,9 @@ RECORDS = "signals.jsonl"
 LOCK = ".lock"
 STATUS_OK, STATUS_EMPTY, STATUS_REMOVED = "ok", "empty", "removed"
 # manifest keys that decide the texts: a set whose manifest differs in one of them is another set
+# ("shard": a shard's set is resumed by the same shard only; absent and None are the whole selection)
 IDENTITY_KEYS = ("format_version", "catalogue_fingerprint", "engine", "sampling", "cleaning", "fields", "item_noun",
-                 "domain", "derived_from")
+                 "domain", "derived_from", "shard")
 
 
 class SignalSetMismatchError(MismatchError):
