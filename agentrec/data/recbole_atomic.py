@@ -28,7 +28,6 @@ from agentrec.data.raw import (
     LoadReport,
     NotFoundError,
     RawData,
-    UsageError,
     clean_id,
     clip,
     open_text,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agentrec.core import fsutil
 from agentrec.core.errors import UsageError
 from agentrec.core.templates import _value, item_texts
 from agentrec.data.dataset import PreparedDataset
@@ -26,7 +27,6 @@ from agentrec.signals.store import (
     SignalSet,
     SignalSetMismatchError,
     catalogue_fingerprint,
-    write_atomic,
 )
 
 
@@ -194,8 +194,8 @@ def signal_report(path: str | Path, *, dataset=None, embedder="minilm", threshol
         report["aspects"][aspect] = stats
     if dedup_out is not None:
         report["dedup_out"] = str(write_dedup(signal_set, records, removed, dedup_out, threshold))
-    write_atomic(signal_set.path / "report.json", json.dumps(report, indent=2) + "\n")
-    write_atomic(signal_set.path / "report.md", format_report(report, top_categories=top_categories) + "\n")
+    fsutil.atomic_write_text(signal_set.path / "report.json", json.dumps(report, indent=2) + "\n")
+    fsutil.atomic_write_text(signal_set.path / "report.md", format_report(report, top_categories=top_categories) + "\n")
     return report
 
 

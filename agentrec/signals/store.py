@@ -31,7 +31,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from agentrec.core import __version__
+from agentrec.core import __version__, fsutil
 from agentrec.core.errors import DamagedFileError, LockedError, MismatchError, NotFoundError
 from agentrec.data.dataset import _items_to_jsonl
 from agentrec.llm.base import Engine
@@ -59,28 +59,6 @@ def catalogue_fingerprint(dataset) -> str:
     """sha256 of the item table as agentrec writes it: signals depend on items, not on the splits."""
 
     return hashlib.sha256(_items_to_jsonl(dataset.items)).hexdigest()
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(str(folder), os.O_RDONLY)
-    except OSError:  # not every platform opens folders
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` whole or not at all: a synced temporary file, renamed over it."""
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
-    _fsync_dir(path.parent)
 
 
 @dataclass
@@ -126,7 +104,7 @@ class SignalSet:
 
     def write_manifest(self, manifest: dict) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.manifest_path, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        fsutil.atomic_write_text(self.manifest_path, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
 
     def read(self, *, repair: bool = False) -> tuple[dict[tuple[int, str], dict], LoadReport]:
         """Records by ``(item_id, aspect)`` and what reading found.
