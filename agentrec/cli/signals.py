@@ -28,7 +28,6 @@ from agentrec.cli.options import (
     torch_threads,
 )
 from agentrec.core.errors import UsageError
-from agentrec.core.shards import parse_shard
 from agentrec.core.options import (
     COUNT,
     NON_NEGATIVE,
@@ -40,6 +39,7 @@ from agentrec.core.options import (
     Writable,
     check_writable,
 )
+from agentrec.core.shards import parse_shard
 from agentrec.core.templates import ITEM_FIELDS
 from agentrec.llm import EngineConfig
 from agentrec.signals.cleaning import ASPECT_NAMES

@@ -66,10 +66,10 @@ from agentrec.pipelines import plots
 from agentrec.pipelines.hybrid import (
     MODEL_ALONE,
     FusionGrid,
+    FusionSelection,
     HybridConfig,
     choose_fusion,
     first_scores,
-    FusionSelection,
     grid_ranks,
     hybrid_protocol,
     hybrid_ranks,
