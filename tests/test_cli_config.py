@@ -176,25 +176,32 @@ def test_predict_hands_every_engine_option_to_the_library(data, tmp_path, record
                              "--retries", "1", "--backoff-s", "0.25", "--backoff-max-s", "2", "--dtype", "bfloat16",
                              "--llm-device", "cpu", "--batch-size", "5", "--tensor-parallel-size", "2",
                              "--no-prefix-caching", "--max-model-len", "4096", "--gpu-memory-utilization", "0.5",
-                             "--enforce-eager", "--context-tokens", "2048", "--threads", "2"])
+                             "--enforce-eager", "--context-tokens", "2048", "--threads", "2",
+                             "--data-parallel-size", "3"])
     assert stopped(result), output
     args, kwargs = record.calls["predict"]
     assert args[2] == "openai"
     assert kwargs["engine_config"] == EngineConfig(
         model="served", device="cpu", dtype="bfloat16", batch_size=5, threads=2, base_url="http://h:1/v1", api_key="k",
         concurrency=3, timeout_s=7.0, retries=1, backoff_s=0.25, backoff_max_s=2.0, tensor_parallel_size=2,
-        prefix_caching=False, max_model_len=4096, gpu_memory_utilization=0.5, enforce_eager=True, context_tokens=2048)
+        data_parallel_size=3, prefix_caching=False, max_model_len=4096, gpu_memory_utilization=0.5, enforce_eager=True,
+        context_tokens=2048)
+    assert len(dataclasses.fields(EngineConfig)) == 19  # every field is an option above (threads: --threads)
 
 
 def test_compare_and_signals_take_the_engine_options_too(data, tmp_path, record, monkeypatch):
     record("agentrec.pipelines.compare", "run_compare")
     result, output = invoke(["compare", "--data", data, "--out", tmp_path / "cmp", "--engine", "vllm",
-                             "--tensor-parallel-size", "4", "--context-tokens", "1024", "--device", "cpu"])
+                             "--tensor-parallel-size", "4", "--data-parallel-size", "2", "--context-tokens", "1024",
+                             "--device", "cpu", "--llm-device", "cuda:1"])
     assert stopped(result), output
     args, kwargs = record.calls["run_compare"]
     assert kwargs["engine"] == "vllm"
     config = kwargs["engine_config"]
-    assert (config.tensor_parallel_size, config.context_tokens, config.device, config.threads) == (4, 1024, "cpu", 1)
+    assert (config.tensor_parallel_size, config.data_parallel_size, config.context_tokens, config.threads) == \
+        (4, 2, 1024, 1)
+    # --device is where torch work runs (models, embedders, ranking), no longer the old spelling of --llm-device
+    assert config.device == "cuda:1" and args[1].device == "cpu"
 
     import agentrec.llm
 

@@ -17,6 +17,7 @@ import typer
 
 from agentrec.cli.configfile import with_config
 from agentrec.cli.options import (
+    DEVICE_HELP,
     ENGINE_FLAGS,
     ENGINE_SHARED,
     REQUIRED,
@@ -159,6 +160,7 @@ def compare(
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples of sessions for the intervals and the noise test.")] = 1000,
     level: Annotated[float, typer.Option(help="Confidence level of the intervals and of the noise test.")] = 0.95,
     threads: ThreadsOption = 1,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP + " Here: training and evaluating the session models, the SemSR item table and the catalogue index's embedder, the hybrid's scoring (the hf LLM's device is --llm-device).")] = "auto",
     cache_file: Annotated[Optional[Path], typer.Option(help="Generation cache (default OUT/generations.sqlite).")] = None,
     store: Annotated[Optional[Path], typer.Option(help="Chroma store folder (default OUT/vectorstore).")] = None,
     quiet: QuietOption = False,
@@ -184,7 +186,10 @@ def compare(
       agentrec compare --config runs/compare/manifest.json
     """
     set_verbosity(quiet=quiet)
+    from agentrec.core.devices import resolve_device
     from agentrec.pipelines.compare import CompareConfig, run_compare
+
+    resolve_device(device)  # a malformed name or a missing GPU: one line, before anything is read or trained
     from agentrec.pipelines.hybrid import FusionGrid, HybridConfig
 
     # what is not fixed is chosen on validation; both fixed: a given fusion, no validation sessions
@@ -199,7 +204,7 @@ def compare(
         llm_sessions=llm_sessions, embedder=embedder, epochs=epochs, max_train_samples=max_train_samples or None,
         patience=patience, train_batch_size=train_batch_size, lr=lr, lr_step=lr_step, lr_gamma=lr_gamma,
         weight_decay=weight_decay, embedding_size=embedding_size, precision=precision, train_budget_s=train_budget_s,
-        seed=seed, threads=threads, rerank_depth=rerank_depth, bootstrap=bootstrap, level=level)
+        seed=seed, threads=threads, device=device, rerank_depth=rerank_depth, bootstrap=bootstrap, level=level)
     result = run_compare(out, config, data=data, engine=engine, engine_config=engine_config, cache_file=cache_file,
                          store=store, progress=not quiet, command=shlex.join(["agentrec", *sys.argv[1:]]))
     typer.echo(result.table())

@@ -105,12 +105,15 @@ class Split(str, Enum):
 
 
 # ---------------------------------------------------------------------------------------------- shared options
-EMBEDDER_HELP = "Item-text embedder: minilm (offline default), smollm2, st:HUB_ID_OR_PATH, hf:HUB_ID_OR_PATH."
+EMBEDDER_HELP = ("Item-text embedder: minilm (offline default), smollm2, st:HUB_ID_OR_PATH, hf:HUB_ID_OR_PATH; add +bf16 "
+                 "(minilm+bf16) to embed under bf16 autocast, faster on CPUs with native bf16.")
 STORE_HELP = "Folder of the on-disk Chroma store (ignored with --chroma-host)."
 HOST_HELP = "HOST:PORT of a Chroma server (started with 'chroma run --path DIR --port 8000') to use instead of --store."
 SIGNALS_HELP = ("LaMAR signals in the item texts, SET or SET:aspect,aspect (a signal set from 'agentrec signals "
                 "generate', e.g. signals/ml:usage,intent).")
 REQUIRED = " Required: on the command line or in --config."
+# where the root group keeps the arguments as typed (click context meta): agentrec train --nproc runs them again
+ARGV_KEY = "agentrec.argv"
 
 EmbedderOption = Annotated[str, typer.Option(help=EMBEDDER_HELP)]
 StoreOption = Annotated[Path, typer.Option(help=STORE_HELP)]
@@ -177,7 +180,9 @@ def split_names(text: str | None) -> tuple[str, ...]:
 # ---------------------------------------------------------------------------------------------- engine options
 ENGINE_PANEL = "LLM engine options"
 # How a field is typed when it is not --field-name. --device means where torch work runs (CLARIFICATIONS);
-# the hf engine's device is --llm-device, and the old spelling stays as a hidden alias for one release.
+# the hf engine's device is --llm-device. The old spelling --device stays a hidden alias of --llm-device only on
+# a command without a --device of its own (signals generate, whose only torch work is the LLM); predict and
+# compare have their own --device (session models, embedders, full ranking) since the release after the rename.
 ENGINE_FLAGS = {"device": "--llm-device"}
 ENGINE_ALIASES = {"device": "--device"}
 ENGINE_SHARED = ("threads",)  # fields fed by the command's own option of that name (torch threads of this process)
@@ -196,6 +201,8 @@ ENGINE_HELP = {
     "backoff_s": "openai: first wait before a retry, in seconds, doubled each time.",
     "backoff_max_s": "openai: longest wait between retries, in seconds.",
     "tensor_parallel_size": "vllm: GPUs per model.",
+    "data_parallel_size": "vllm: replicas of the model, one process each on its own --tensor-parallel-size GPUs "
+                          "(data parallel x tensor parallel GPUs in all); each generates a share of the chats.",
     "prefix_caching": "vllm: reuse the KV cache of shared prompt prefixes.",
     "max_model_len": "vllm: context length (default: the model's).",
     "gpu_memory_utilization": "vllm: share of GPU memory to use (default: vLLM's).",
@@ -205,7 +212,8 @@ ENGINE_HELP = {
 }
 ENGINE_RULES = {
     "batch_size": COUNT, "threads": COUNT, "concurrency": COUNT, "timeout_s": POSITIVE, "retries": NON_NEGATIVE_INT,
-    "backoff_s": NON_NEGATIVE, "backoff_max_s": NON_NEGATIVE, "tensor_parallel_size": COUNT, "max_model_len": COUNT,
+    "backoff_s": NON_NEGATIVE, "backoff_max_s": NON_NEGATIVE, "tensor_parallel_size": COUNT, "data_parallel_size": COUNT,
+    "max_model_len": COUNT,
     "gpu_memory_utilization": Range(0, 1, low_open=True), "context_tokens": Range(16, integer=True),
 }
 
@@ -219,8 +227,10 @@ def _field_kind(hint) -> tuple[type, bool]:
     return hint, False
 
 
-def _engine_parameters(defaults: dict) -> tuple[list[inspect.Parameter], dict[str, str]]:
-    """The options of :class:`EngineConfig`'s fields, and their parameter name -> field name."""
+def _engine_parameters(defaults: dict, *, taken: frozenset = frozenset()) -> tuple[list[inspect.Parameter],
+                                                                                     dict[str, str]]:
+    """The options of :class:`EngineConfig`'s fields, and their parameter name -> field name; a hidden old
+    spelling (:data:`ENGINE_ALIASES`) is left out where the command has an option of that name (``taken``)."""
     hints = typing.get_type_hints(EngineConfig)
     params, fields = [], {}
     for field in dataclasses.fields(EngineConfig):
@@ -239,7 +249,7 @@ def _engine_parameters(defaults: dict) -> tuple[list[inspect.Parameter], dict[st
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
                                         annotation=Annotated[kind, info]))
         fields[name] = field.name
-        if field.name in ENGINE_ALIASES:
+        if field.name in ENGINE_ALIASES and ENGINE_ALIASES[field.name][2:].replace("-", "_") not in taken:
             alias = ENGINE_ALIASES[field.name]
             hidden = typer.Option(alias, hidden=True, help=f"Old spelling of {spelled}.")
             params.append(inspect.Parameter(alias[2:].replace("-", "_"), inspect.Parameter.KEYWORD_ONLY, default=None,
@@ -282,9 +292,9 @@ def engine_options(*, defaults: dict | None = None):
     The command declares ``engine: str`` and ``engine_config: EngineConfig`` (not options): it receives
     the engine's name and the config built by :func:`engine_config_from` from the options, its own
     ``threads`` included. ``defaults`` changes a field's default for this command (``{"batch_size": 16}``).
+    A command that declares ``device`` itself keeps it (where its torch work runs): it then has no hidden
+    ``--device`` alias of ``--llm-device``.
     """
-    engine_params, _ = _engine_parameters(defaults or {})
-    names = [p.name for p in engine_params]
     engine_param = inspect.Parameter(
         "engine", inspect.Parameter.KEYWORD_ONLY, default=EngineName(DEFAULT_ENGINE),
         annotation=Annotated[EngineName, typer.Option(help="LLM engine. " + choices_help(ENGINE_TABLE) + ".",
@@ -295,6 +305,8 @@ def engine_options(*, defaults: dict | None = None):
         missing = {"engine", "engine_config", "threads"} - set(signature.parameters)
         if missing:
             raise TypeError(f"{func.__name__} must declare {sorted(missing)} to take the engine options")
+        engine_params, _ = _engine_parameters(defaults or {}, taken=frozenset(signature.parameters))
+        names = [p.name for p in engine_params]
         hints = typing.get_type_hints(func, include_extras=True)
         own = [p.replace(annotation=hints.get(p.name, p.annotation), kind=inspect.Parameter.KEYWORD_ONLY)
                for p in signature.parameters.values() if p.name not in ("engine", "engine_config")]

@@ -35,6 +35,8 @@ refuse a prompt that does not fit (:class:`PromptTooLongError`) rather than fail
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -49,6 +51,7 @@ DEFAULT_MODEL = "smollm2"
 END_OF_TURN_TOKENS = ("<|eot_id|>", "<|end_of_text|>", "<|eom_id|>", "<|im_end|>", "<|endoftext|>",
                       "<end_of_turn>", "<|end|>", "</s>")
 DEFAULT_CONTEXT_TOKENS = 8192  # context assumed for an engine that cannot tell its own (openai, langchain)
+_REPORT_LOCK = threading.RLock()  # Engine.report_batch: progress hooks are called one at a time
 
 
 @dataclass(frozen=True)
@@ -130,9 +133,26 @@ def check_prompt_lengths(lengths: list[int], *, context_tokens: int | None, max_
 
 
 class Engine:
-    """The engine interface: one batch of chats in, one batch of generations out."""
+    """The engine interface: one batch of chats in, one batch of generations out.
+
+    Progress: an engine that works through its chats in batches of its own (hf ``batch_size``, vLLM's scheduler,
+    OpenAI's requests in flight) calls :meth:`report_batch` after each one; :func:`generate_reporting` connects
+    that to a bar. An engine that never calls it is counted once, when ``generate`` returns.
+    """
 
     name: str = "engine"
+    #: set by :func:`generate_reporting` for the length of one ``generate`` call: ``on_batch(chats, tokens_out)``
+    on_batch: Callable[[int, int], None] | None = None
+
+    def report_batch(self, chats: int, tokens_out: int = 0) -> None:
+        """Tell whoever shows progress that ``chats`` more chats are done, with ``tokens_out`` generated tokens.
+
+        Safe to call from an engine's worker threads (openai, langchain): reports are passed on one at a time.
+        """
+        hook = self.on_batch
+        if hook is not None:
+            with _REPORT_LOCK:
+                hook(int(chats), int(tokens_out or 0))
 
     @property
     def fingerprint(self) -> str:
@@ -187,6 +207,8 @@ class EngineConfig:
     backoff_s: float = 0.5  # openai: first wait before a retry, doubled each time (with jitter)
     backoff_max_s: float = 30.0  # openai: longest wait
     tensor_parallel_size: int = 1  # vllm: GPUs per model
+    data_parallel_size: int = 1  # vllm: replicas of the model, each on its own tensor_parallel_size GPUs, each
+    # generating a share of every call's chats (agentrec.llm.vllm: one process per replica)
     prefix_caching: bool = True  # vllm: reuse the KV cache of shared prompt prefixes (few-shot examples)
     max_model_len: int | None = None  # vllm: context length (None: the model's)
     gpu_memory_utilization: float | None = None  # vllm: share of GPU memory (None: vLLM's default)
@@ -197,6 +219,33 @@ class EngineConfig:
     def __post_init__(self):
         if self.context_tokens is not None and self.context_tokens < 16:
             raise UsageError(f"context_tokens must be at least 16, got {self.context_tokens}")
+        if self.data_parallel_size < 1 or self.tensor_parallel_size < 1:
+            raise UsageError(f"tensor_parallel_size and data_parallel_size must be at least 1, got "
+                             f"{self.tensor_parallel_size} and {self.data_parallel_size}")
+
+
+def generate_reporting(engine: Engine, chats: list[list[dict]], params: SamplingParams, progress) -> list[Generation]:
+    """``engine.generate(chats, params)`` that moves ``progress`` (an :class:`agentrec.core.progress.LLMProgress`,
+    or anything with ``update(n, tokens_out=...)``) per engine batch: through :meth:`Engine.report_batch` where
+    the engine reports batches, and for whatever it did not report once the call returns. The chats of a failed
+    call that the engine reported stay counted."""
+    reported = [0, 0]  # chats, tokens
+
+    def hook(n: int, tokens_out: int) -> None:
+        reported[0] += n
+        reported[1] += tokens_out
+        progress.update(n, tokens_out=tokens_out)
+
+    engine.on_batch = hook
+    try:
+        made = engine.generate(chats, params)
+    finally:
+        engine.on_batch = None
+    rest = len(chats) - reported[0]
+    tokens = sum(g.tokens_out or 0 for g in made if g is not None) - reported[1]
+    if rest > 0 or tokens > 0:
+        progress.update(max(rest, 0), tokens_out=max(tokens, 0))
+    return made
 
 
 def resolve_model(model: str | None) -> str:

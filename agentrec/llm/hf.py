@@ -29,8 +29,9 @@ class HFEngine(Engine):
     """transformers ``generate``: chats rendered with the model's chat template, batched with left padding.
 
     Chats are sorted by prompt length and cut into batches of ``batch_size``, so a batch pads to
-    similar lengths; results come back in the input order. Counting tokens and the context length
-    need only the tokenizer and the model config, not the weights.
+    similar lengths; results come back in the input order. Each finished batch is reported
+    (:meth:`~agentrec.llm.base.Engine.report_batch`: its chats and generated tokens), so a bar moves per batch.
+    Counting tokens and the context length need only the tokenizer and the model config, not the weights.
     """
 
     name = "hf"
@@ -153,6 +154,7 @@ class HFEngine(Engine):
                     text, stopped = cut_at_stop(text, params.stop)
                     out[i] = Generation(text=text, tokens_in=len(prompts[i]), tokens_out=len(used),
                                         finish_reason="stop" if ends or stopped else "length")
+                self.report_batch(len(index), sum(out[i].tokens_out for i in index))  # a progress bar moves
         return out
 
 

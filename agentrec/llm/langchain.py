@@ -21,7 +21,8 @@ from agentrec.llm.base import (
 
 
 class LangChainEngine(Engine):
-    """Any LangChain chat model (``BaseChatModel``), called with ``batch``.
+    """Any LangChain chat model (``BaseChatModel``), called with ``batch_as_completed`` (``batch`` that hands
+    each reply over as it arrives; each is reported to a progress bar).
 
     Sampling settings other than ``stop`` belong to the chat model (set them when you create it);
     the fingerprint records the model's identifying parameters, so the generation cache keeps
@@ -55,21 +56,25 @@ class LangChainEngine(Engine):
         return f"langchain|{kind}|{json.dumps(params, sort_keys=True, default=str)}"
 
     def generate(self, chats, params):
-        replies = self.chat_model.batch([list(chat) for chat in chats], config={"max_concurrency": self.concurrency},
-                                        return_exceptions=True, stop=list(params.stop) or None)
-        out: list[Generation | None] = []
+        # batch_as_completed is batch (the same threads, max_concurrency, per-input exceptions) that hands each
+        # reply over as it arrives, so a progress bar moves per completed request
+        replies = self.chat_model.batch_as_completed([list(chat) for chat in chats],
+                                                     config={"max_concurrency": self.concurrency},
+                                                     return_exceptions=True, stop=list(params.stop) or None)
+        out: list[Generation | None] = [None] * len(chats)
         errors = []
-        for reply in replies:
+        for i, reply in replies:
             if isinstance(reply, Exception):
-                errors.append(reply)
-                out.append(None)
+                errors.append((i, reply))
                 continue
             usage = getattr(reply, "usage_metadata", None) or {}
             text = reply.content if isinstance(reply.content, str) else content_text(reply.content)
             metadata = getattr(reply, "response_metadata", None) or {}
-            out.append(Generation(text=text, tokens_in=usage.get("input_tokens"), tokens_out=usage.get("output_tokens"),
-                                  finish_reason=metadata.get("finish_reason")))
+            out[i] = Generation(text=text, tokens_in=usage.get("input_tokens"), tokens_out=usage.get("output_tokens"),
+                                finish_reason=metadata.get("finish_reason"))
+            self.report_batch(1, out[i].tokens_out or 0)
         if errors:
+            errors = [error for _, error in sorted(errors, key=lambda pair: pair[0])]  # the first chat's first
             raise EngineError(f"the LangChain chat model {type(self.chat_model).__name__} failed on {len(errors)} of "
                               f"{len(chats)} chats: {describe_error(errors[0])}", partial=out)
         return out

@@ -198,6 +198,8 @@ class OpenAIEngine(Engine):
             except Exception as error:  # kept, reported below
                 errors.append(error)
                 failed.set()
+                return
+            self.report_batch(1, out[i].tokens_out or 0)  # each completed request moves a progress bar
 
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="agentrec-openai") as pool:
             list(pool.map(one, range(len(chats))))

@@ -38,6 +38,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -54,8 +55,10 @@ import numpy as np
 
 from agentrec.core import fsutil
 from agentrec.core.config import jsonable
+from agentrec.core.devices import DEVICE_NAME, DEVICES_HELP, resolve_device
 from agentrec.core.metrics import bootstrap_interval
 from agentrec.core.options import COUNT, SEED, OptionError, Range, check_writable
+from agentrec.core.progress import LLMProgress
 from agentrec.data.api import prepare_dataset
 from agentrec.data.dataset import PreparedDataset
 from agentrec.llm import EngineConfig, get_engine
@@ -77,8 +80,9 @@ from agentrec.pipelines.hybrid import (
 )
 from agentrec.pipelines.predict import PROTOCOL, GenerationConfig, predict
 from agentrec.pipelines.train import RunSpec, load_llm_table, train_or_reuse
+from agentrec.retrieval.embedders import get_embedder
 from agentrec.retrieval.index import CatalogueIndex
-from agentrec.training.runs import dataset_ref, evaluate_model, load_model
+from agentrec.training.runs import RUN_FILE, WEIGHTS_FILE, dataset_ref, evaluate_model, load_model
 from agentrec.training.trainer import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -139,6 +143,10 @@ class CompareConfig:
     train_budget_s: float | None = None  # wall-clock cap per trained model (TrainConfig.time_budget_s); None = none
     seed: int = 0  # training, few-shot examples, sampling and bootstrap
     threads: int = 1  # torch threads
+    # where torch work runs (agentrec.core.devices): training and evaluating the session models, the SemSR item
+    # table, the index's embedder, the hybrid's scoring; auto = CUDA when torch sees one. The hf LLM's device is
+    # the engine's (EngineConfig.device, --llm-device)
+    device: str = "auto"
     rerank_depth: int = 100  # I+ / F+ re-order this many items
     bootstrap: int = 1000  # resamples of sessions
     level: float = 0.95  # confidence level of the intervals and of the noise test
@@ -164,6 +172,9 @@ class CompareConfig:
         SEED.check("seed", self.seed)
         Range(0, 1, low_open=True, high_open=True).check("level", self.level)
         COUNT.check("embedding_size", self.embedding_size)
+        if not DEVICE_NAME.match(str(self.device).strip().lower()):
+            raise OptionError("device", f"must be {DEVICES_HELP}; got {self.device!r}")
+        self.device = str(self.device).strip().lower()
         self.train_config()  # range-checks the training fields now, under compare's names
 
     def train_config(self) -> TrainConfig:
@@ -172,7 +183,8 @@ class CompareConfig:
             return TrainConfig(epochs=self.epochs, patience=self.patience, max_train_samples=self.max_train_samples,
                                batch_size=self.train_batch_size, lr=self.lr, lr_step=self.lr_step,
                                lr_gamma=self.lr_gamma, weight_decay=self.weight_decay, precision=self.precision,
-                               time_budget_s=self.train_budget_s, seed=self.seed, threads=self.threads)
+                               time_budget_s=self.train_budget_s, seed=self.seed, threads=self.threads,
+                               device=self.device)
         except OptionError as error:  # name the field as compare spells it
             names = {"batch_size": "train_batch_size", "time_budget_s": "train_budget_s"}
             raise OptionError(names.get(error.option, error.option), error.reason) from None
@@ -535,6 +547,188 @@ def _run_train_seconds(info) -> float:
     return float(sum(h.get("train_seconds", 0.0) + h.get("valid_seconds", 0.0) for h in info.history))
 
 
+# ================================================================================================ stages, ETA
+@dataclass
+class Stage:
+    """One step of a comparison, for the stage lines and the overall ETA (:class:`StageClock`)."""
+
+    key: tuple  # ("row", name), ("llm", strategy, split), ("hybrid", strategy), ("report",)
+    label: str
+    kind: str = "other"  # "train" (units: epochs), "llm" (units: sessions), "other" (counted as taking no time)
+    units: float = 0.0  # planned work: epochs at most (early stopping ends sooner), LLM sessions; 0 when reused
+    strategy: str | None = None  # llm: the strategy (its sessions cost alike)
+    seconds: float | None = None  # measured wall seconds, once done
+    done_units: float | None = None  # units done: epochs trained in this call, sessions generated (0: reused)
+    work_s: float | None = None  # the seconds of the work itself, where one-offs are known (an LLM row: without
+    # building the index and loading the model); None: all of ``seconds``
+
+    @property
+    def work_seconds(self) -> float:
+        """The seconds its rate is measured from."""
+        return self.seconds if self.work_s is None else self.work_s
+
+
+class StageClock:
+    """``compare``'s stages, each logged as it starts with its number, the time so far and an ETA for the rest.
+
+    The ETA is the remaining stages' planned work at the rates measured so far in this call:
+
+    * **training**: seconds per epoch over the models trained so far (their evaluation included); a model counts
+      ``epochs`` epochs, an upper bound (early stopping usually ends sooner), and a checkpoint on disk none;
+    * **LLM**: seconds per session of the same strategy, generating and grounding alone (building the index and
+      loading the model are one-offs, left out), so its validation sessions time its test sessions; a strategy
+      not timed yet is estimated from another one, scaled by their numbers of generation steps (CoT strategies
+      have two); an LLM row that turns out to be reused takes no time;
+    * choosing a hybrid's fusion, scoring it and writing the reports: seconds, counted as nothing.
+
+    Until a kind of work has been timed, its stages are left out and the ETA is a lower bound ("at least"); the
+    bar of the LLM work (:meth:`llm_bar`) has its own ETA over every LLM session of the comparison.
+    """
+
+    def __init__(self, stages: list[Stage], *, started: float | None = None, log=None):
+        self.stages = list(stages)
+        self.started = time.perf_counter() if started is None else started
+        self.log = log or logger
+
+    def find(self, key: tuple, label: str | None = None) -> Stage:
+        for stage in self.stages:
+            if stage.key == key:
+                return stage
+        stage = Stage(key=key, label=label or " ".join(map(str, key)))  # not planned: counted as no time
+        self.stages.append(stage)
+        return stage
+
+    def rate(self, stage: Stage) -> float | None:
+        """Seconds per unit of ``stage``'s kind (and strategy) measured so far; None when not timed yet."""
+        timed = [s for s in self.stages if s.kind == stage.kind and s.seconds is not None and s.done_units]
+        if stage.kind == "llm":
+            same = [s for s in timed if s.strategy == stage.strategy]
+            if same:
+                return sum(s.work_seconds for s in same) / sum(s.done_units for s in same)
+            if timed:  # another strategy's rate, scaled by the generation steps of each
+                other = timed[-1]
+                return other.work_seconds / other.done_units * _steps(stage.strategy) / _steps(other.strategy)
+            return None
+        return sum(s.work_seconds for s in timed) / sum(s.done_units for s in timed) if timed else None
+
+    def eta(self, *, after: int) -> tuple[float, bool]:
+        """``(seconds, complete)``: the planned work of the stages from index ``after`` on at the measured rates;
+        ``complete`` is False when some of it has no rate yet (the seconds are then a lower bound)."""
+        seconds, complete = 0.0, True
+        for stage in self.stages[after:]:
+            if stage.seconds is not None or not stage.units or stage.kind == "other":
+                continue
+            rate = self.rate(stage)
+            if rate is None:
+                complete = False
+            else:
+                seconds += rate * stage.units
+        return seconds, complete
+
+    def begin(self, key: tuple) -> Stage:
+        """Log ``stage i/n LABEL; T elapsed, ETA ...`` for the stage ``key`` (its own work included in the ETA)."""
+        stage = self.find(key)
+        number = self.stages.index(stage) + 1
+        eta, complete = self.eta(after=number - 1)
+        elapsed = time.perf_counter() - self.started
+        if complete:
+            left = f"ETA {_duration(eta)}"
+        elif eta > 0:
+            left = f"ETA at least {_duration(eta)} (not all of the work is timed yet)"
+        else:
+            left = "ETA once the first model or LLM session is timed"
+        self.log.info("compare: stage %d/%d %s; %s elapsed, %s", number, len(self.stages), stage.label,
+                      _duration(elapsed), left)
+        return stage
+
+    @contextlib.contextmanager
+    def stage(self, key: tuple):
+        """Log the stage's start (:meth:`begin`), give it to the block, and time it; the block sets
+        ``done_units`` (epochs trained, sessions generated)."""
+        stage = self.begin(key)
+        clock = time.perf_counter()
+        yield stage
+        stage.seconds = time.perf_counter() - clock
+        if stage.done_units is None:
+            stage.done_units = stage.units
+
+    def llm_bar(self, *, enabled: bool) -> LLMProgress:
+        """One :class:`~agentrec.core.progress.LLMProgress` over every LLM session still planned, times its
+        strategy's generation steps (as :func:`~agentrec.pipelines.predict.predict` counts them), made when the LLM
+        work starts, so that its rate and ETA are the LLM's alone."""
+        todo = [s for s in self.stages if s.kind == "llm" and s.seconds is None]
+        unit = "session-step" if any(_steps(s.strategy) > 1 for s in todo) else "session"
+        bar = LLMProgress(None, desc="compare LLM", unit=unit, enabled=enabled)
+        bar.reserve(int(sum(s.units * _steps(s.strategy) for s in todo)))  # each predict call takes its share
+        return bar
+
+    def summary(self) -> list[dict]:
+        """The stages as the manifest records them (label, kind, planned and done units, seconds)."""
+        return [{"stage": s.label, "kind": s.kind, "units": s.units, "done_units": s.done_units,
+                 "seconds": s.seconds, "work_s": s.work_s} for s in self.stages]
+
+
+def _steps(strategy: str | None) -> int:
+    return len(STRATEGIES[strategy].steps) if strategy in STRATEGIES else 1
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``3m 05s``, ``1h 02m``."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+
+
+def plan_stages(state: _State, shown: list[str], *, n: int, n_valid: int) -> list[Stage]:
+    """The stages of a comparison in the order :func:`run_compare` runs them, with their planned work."""
+    c = state.config
+    planned: set[str] = set()
+
+    def epochs(name: str) -> int:
+        """Epochs at most that row ``name`` trains: each model it needs that is neither planned nor on disk."""
+        units = 0
+        for model in _needs(name, c.base):
+            if model not in planned:
+                planned.add(model)
+                if model != "pop" and not state.checkpoint_exists(model):
+                    units += c.epochs
+        return units
+
+    stages = []
+    for name in shown:
+        units = epochs(name)
+        stages.append(Stage(("row", name), f"{_label(name, c.base)}: {'train, ' if units else ''}evaluate on test",
+                            kind="train", units=units))
+    if c.strategies and c.hybrid and c.hybrid_model not in planned:
+        units = epochs(c.hybrid_model)
+        stages.append(Stage(("row", c.hybrid_model), f"{_label(c.hybrid_model, c.base)} for the hybrid: "
+                                                     f"{'train' if units else 'load'}", kind="train", units=units))
+    for strategy in c.strategies:
+        label = STRATEGY_LABELS.get(strategy, strategy)
+        if n_valid:
+            stages.append(Stage(("llm", strategy, "valid"), f"LLM {label} on {_sessions(n_valid, 'validation')}",
+                                kind="llm", units=n_valid, strategy=strategy))
+        stages.append(Stage(("llm", strategy, "test"), f"LLM {label} on {_sessions(n, 'test')}", kind="llm", units=n,
+                            strategy=strategy))
+        if c.hybrid:
+            what = "choose its fusion on validation, rank" if n_valid else "rank"
+            stages.append(Stage(("hybrid", strategy), f"Hybrid {label}: {what}"))
+    stages.append(Stage(("report",), "tables, figures and manifest"))
+    return stages
+
+
+def _sessions(n: int, split: str) -> str:
+    return f"{n} {split} session{'s' if n != 1 else ''}"
+
+
+def _needs(name: str, base: str) -> list[str]:
+    """The trained models behind row ``name``: SemSR's I+ / F+ need their variant and the plain base model."""
+    return [name[:-1], base] if name in ("semsr-i+", "semsr-f+") else [name]
+
+
 # ================================================================================================ compare
 def run_compare(out: str | Path, config: CompareConfig | None = None, *, data: str | Path | None = None,
                 engine=None, engine_config=None, prompts=None, generation=None, cache_file: str | Path | None = None,
@@ -543,7 +737,8 @@ def run_compare(out: str | Path, config: CompareConfig | None = None, *, data: s
 
     Args:
         out: output folder (checkpoints, LLM rows, generation cache, index and reports live here).
-        config: which methods, training budget, LLM sample size, bootstrap.
+        config: which methods, training budget, LLM sample size, bootstrap, and ``device``: where torch work runs
+            (the session models, the SemSR item table, the index's embedder, the hybrid's scoring).
         data: a prepared dataset folder; default :data:`DEFAULT_DATA`, prepared (MovieLens-100K,
             leave-one-out) when it does not exist yet.
         engine: an Engine object or engine name (default ``hf`` with SmolLM2); made only when an
@@ -551,19 +746,39 @@ def run_compare(out: str | Path, config: CompareConfig | None = None, *, data: s
         engine_config, prompts, generation: as in :func:`agentrec.pipelines.predict.predict`.
         cache_file: generation cache (default ``out/generations.sqlite``).
         store: Chroma store folder (default ``out/vectorstore``).
-        progress: training progress bars.
+        progress: training progress bars and one bar over the LLM sessions (tok/s, ETA); while they are drawn,
+            log lines are written above them (tqdm's ``logging_redirect_tqdm``) instead of into them. The stage
+            lines with the overall ETA (:class:`StageClock`) are logged either way (INFO).
         command: the command line, recorded in the manifest.
 
     Returns:
         A :class:`CompareResult` (tables, manifest, what was trained and generated in this call).
     """
-    import torch
+    with _logs_above_bars(progress):
+        return _run_compare(out, config, data=data, engine=engine, engine_config=engine_config, prompts=prompts,
+                            generation=generation, cache_file=cache_file, store=store, progress=progress,
+                            command=command)
 
+
+def _logs_above_bars(progress: bool):
+    """While bars are drawn, console log lines go through ``tqdm.write``, which keeps them off the bars' line."""
+    if not progress:
+        return contextlib.nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm()
+
+
+def _run_compare(out, config, *, data, engine, engine_config, prompts, generation, cache_file, store, progress,
+                 command) -> CompareResult:
+    """:func:`run_compare`'s work."""
+    import torch
 
     started, cpu_started = time.perf_counter(), time.process_time()
     config = config or CompareConfig()
     for name, path, folder in (("out", out, True), ("store", store, True), ("cache_file", cache_file, False)):
         check_writable(name, path, folder=folder)  # before anything is trained or generated
+    device = resolve_device(config.device)  # a malformed name or a missing GPU fails before any work
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.threads)
@@ -576,44 +791,58 @@ def run_compare(out: str | Path, config: CompareConfig | None = None, *, data: s
     prompts = prompts or PromptConfig(seed=config.seed, **LLM_PROMPTS)
     generation = generation or GenerationConfig(seed=config.seed, **LLM_GENERATION)
     state = _State(out=out, dataset=dataset, config=config, progress=progress)
+    n = min(config.llm_sessions, len(dataset.test)) if config.strategies else len(dataset.test)
+    choose = bool(config.strategies) and config.hybrid and config.hybrid_config is None
+    n_valid = min(config.valid_sessions, len(dataset.valid)) if choose else 0
+    if choose and n_valid == 0:  # before anything is trained
+        raise OptionError("valid_sessions", f"has no validation sessions to choose the hybrid's fusion on in "
+                                            f"{dataset.name}; fix the fusion instead (--weight and --candidates)")
+    shown = list(dict.fromkeys(["pop", *config.models]))
+    clock = StageClock(plan_stages(state, shown, n=n, n_valid=n_valid), started=started)
 
     # ---- session models and SemSR variants, on the whole test split
-    shown = list(dict.fromkeys(["pop", *config.models]))
     session_rows = []
-    for number, name in enumerate(shown, 1):
-        logger.info("compare: [%d/%d] %s (%.0f s in)", number, len(shown), _label(name, config.base),
-                    time.perf_counter() - started)
-        session_rows.append(state.session_row(name))
+    for name in shown:
+        with clock.stage(("row", name)) as stage:
+            before = state.epochs_trained()
+            session_rows.append(state.session_row(name))
+            stage.done_units = state.epochs_trained() - before
+    needs_hybrid_model = config.strategies and config.hybrid and config.hybrid_model not in state.models
+    if needs_hybrid_model:  # trained (or reused) before the LLM runs, so that every stage after it is LLM work
+        with clock.stage(("row", config.hybrid_model)) as stage:
+            before = state.epochs_trained()
+            state.model(config.hybrid_model)
+            stage.done_units = state.epochs_trained() - before
 
     # ---- LLM and hybrid rows, on the first llm_sessions test sessions; each hybrid's fusion is chosen on the
     # LLM's titles for the first valid_sessions validation sessions, before its test sessions are looked at
     llm_rows, hybrid_rows, checks = [], [], []
     if config.strategies:
-        n = min(config.llm_sessions, len(dataset.test))
-        choose = config.hybrid and config.hybrid_config is None
-        n_valid = min(config.valid_sessions, len(dataset.valid)) if choose else 0
-        if choose and n_valid == 0:
-            raise OptionError("valid_sessions", f"has no validation sessions to choose the hybrid's fusion on in "
-                                                f"{dataset.name}; fix the fusion instead (--weight and --candidates)")
         llm = _LLM(state, engine, engine_config, prompts, generation, cache_file or out / "generations.sqlite",
-                   store or out / "vectorstore", n, n_valid)
-        for number, strategy in enumerate(config.strategies, 1):
-            valid = None
-            if choose:
-                logger.info("compare: LLM %s [%d/%d] on %d validation sessions (%.0f s in)", strategy, number,
-                            len(config.strategies), n_valid, time.perf_counter() - started)
-                valid = llm.row(strategy, split="valid")
-            logger.info("compare: LLM %s [%d/%d] on %d test sessions (%.0f s in)", strategy, number,
-                        len(config.strategies), n, time.perf_counter() - started)
-            row, record, candidates = llm.row(strategy)
-            llm_rows.append(row)
-            if config.hybrid:
-                hybrid, check = state.hybrid_row(row, record, candidates, valid, config.hybrid_model)
-                hybrid_rows.append(hybrid)
-                checks.append(check)
+                   store or out / "vectorstore", n, n_valid, bar=lambda: clock.llm_bar(enabled=progress))
+        try:
+            for strategy in config.strategies:
+                valid = None
+                if choose:
+                    with clock.stage(("llm", strategy, "valid")) as stage:
+                        valid = llm.row(strategy, split="valid")
+                        stage.done_units, stage.work_s = (0, None) if valid[1]["reused"] else \
+                            (n_valid, valid[1]["wall_s"])
+                with clock.stage(("llm", strategy, "test")) as stage:
+                    row, record, candidates = llm.row(strategy)
+                    stage.done_units, stage.work_s = (0, None) if record["reused"] else (n, record["wall_s"])
+                llm_rows.append(row)
+                if config.hybrid:
+                    with clock.stage(("hybrid", strategy)):
+                        hybrid, check = state.hybrid_row(row, record, candidates, valid, config.hybrid_model)
+                    hybrid_rows.append(hybrid)
+                    checks.append(check)
+        finally:
+            llm.close_bar()
         manifest_llm = llm.manifest()
     else:
-        n, manifest_llm = len(dataset.test), None
+        manifest_llm = None
+    clock.begin(("report",))
 
     tables = []
     if llm_rows:
@@ -632,6 +861,7 @@ def run_compare(out: str | Path, config: CompareConfig | None = None, *, data: s
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "torch_threads": config.threads,
+        "device": str(device),  # where torch work ran (config.device as asked, auto resolved)
         "packages": _versions(),
         "dataset": {**dataset_ref(dataset), "protocol_params": dataset.stats.get("protocol", {}).get("params"),
                     "test_sessions": len(dataset.test)},
@@ -652,6 +882,7 @@ def run_compare(out: str | Path, config: CompareConfig | None = None, *, data: s
                   "contains 0"),
         "cost": COST_NOTE,
         "trained_in_this_call": state.trained,
+        "stages": clock.summary(),  # each stage's planned and done work and wall seconds (the stage lines' ETA)
         "seconds": None,
     }
     result = CompareResult(out=out, tables=tables, manifest=manifest, trained=state.trained,
@@ -756,8 +987,18 @@ class _State:
 
     def llm_table(self):
         if self._table is None:
-            self._table = load_llm_table(self.dataset, self.config.embedder, progress=False)
+            self._table = load_llm_table(self.dataset, self.config.embedder, progress=False, device=self.config.device)
         return self._table
+
+    def checkpoint_exists(self, name: str) -> bool:
+        """Whether model ``name`` (pop, a session model, semsr-i or semsr-f) has a finished checkpoint to reuse
+        (the folder and files :func:`~agentrec.pipelines.train.train_or_reuse` looks for)."""
+        folder = self.out / "runs" / f"{name}-{self.spec(name).key(self.dataset)}"
+        return (folder / RUN_FILE).exists() and (folder / WEIGHTS_FILE).exists()
+
+    def epochs_trained(self) -> int:
+        """Epochs trained in this call so far, over every model (reused checkpoints count none)."""
+        return sum(r.get("epochs_run") or 0 for r in self.runs.values() if not r["reused"])
 
     def spec(self, name: str) -> RunSpec:
         """The run behind row ``name`` (pop, a session model, semsr-i or semsr-f)."""
@@ -777,7 +1018,7 @@ class _State:
                                         llm_table=self.llm_table() if spec.variant else None)
         if not reused:
             self.trained.append(str(folder))
-        info, model = load_model(folder, self.dataset)
+        info, model = load_model(folder, self.dataset, device=self.config.device)  # evaluated and scored there
         self.models[name], self.infos[name] = model, info
         self.runs[name] = {"folder": str(folder), "key": spec.key(self.dataset), "reused": reused,
                            "best_epoch": info.best_epoch, "epochs_run": len(info.history),
@@ -860,8 +1101,11 @@ class _LLM:
     """LLM-only rows: computed through :func:`agentrec.pipelines.predict.predict`, or reused from ``out/llm``."""
 
     def __init__(self, state: _State, engine, engine_config, prompts, generation, cache_file, store, n: int,
-                 n_valid: int = 0):
+                 n_valid: int = 0, bar=None):
         self.state, self.engine, self.engine_config = state, engine, engine_config
+        # one bar over every LLM session of the comparison, made by ``bar()`` (StageClock.llm_bar) when the first
+        # row is generated, after the index and the model are loaded (one-offs that are not the LLM's rate)
+        self.make_bar, self.bar = bar, None
         self.prompts, self.generation, self.cache_file, self.store, self.n = prompts, generation, cache_file, store, n
         self.n_valid = n_valid  # validation sessions (the hybrid's fusion is chosen on them)
         self.index = None
@@ -877,8 +1121,8 @@ class _LLM:
     def _index(self):
         if self.index is None:
             with _Clock() as clock:
-                self.index = CatalogueIndex.build(self.state.dataset, self.state.config.embedder, store=self.store,
-                                                  progress=False)
+                embedder = get_embedder(self.state.config.embedder, device=self.state.config.device)
+                self.index = CatalogueIndex.build(self.state.dataset, embedder, store=self.store, progress=False)
                 self.index.match(["warm-up"], k=1)  # loads the query embedder: a one-off, not a per-session cost
             self.index_info = {"collection": self.index.name, "location": self.index.location,
                                "reused": self.index.reused, "seconds": clock.wall}
@@ -902,6 +1146,8 @@ class _LLM:
         lines, record_file = folder / f"{stem}-{key}.jsonl", folder / f"{stem}-{key}.row.json"
         if record_file.exists() and lines.exists():
             logger.info("compare: reusing %s", lines)
+            if self.bar is not None:
+                self.bar.reserve(-sessions * _steps(strategy))  # no LLM work: the bar's total and ETA leave it out
             record = json.loads(record_file.read_text())
             record["reused"] = True
             ids, distances, lines_read = read_candidates(lines, LLM_K)
@@ -911,10 +1157,13 @@ class _LLM:
             index = self._index()
             if hasattr(engine, "load"):
                 engine.load()  # loading the model is a one-off, not part of the per-session cost
-            with _Clock() as clock:
+            if self.bar is None and self.make_bar is not None:
+                self.bar = self.make_bar()
+            with _Clock() as clock:  # predict takes its sessions x steps from the bar's reserve
                 result = predict(self.state.dataset, strategy, engine, k=LLM_K, limit=sessions, out=lines, split=split,
                                  prompts=self.prompts, generation=self.generation, index=index,
-                                 cache=self.cache_file, ground_distance=0.4)
+                                 cache=self.cache_file, ground_distance=0.4,
+                                 progress=self.bar if self.bar is not None else False)
             self.engine_calls += result.engine_calls
             record = {"strategy": strategy, "split": split, "key": key, "file": str(lines), "spec": spec, "n": result.n,
                       "wall_s": clock.wall, "cpu_s": clock.cpu, "tokens_in": result.tokens_in,
@@ -933,6 +1182,10 @@ class _LLM:
                   timed_sessions=record["n"], wall_s=record["wall_s"], cpu_s=record["cpu_s"],
                   tokens=record["tokens_in"] + record["tokens_out"], protocol=record["protocol"], note=note)
         return row, record, candidates
+
+    def close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
     def manifest(self) -> dict:
         engine = self.engine

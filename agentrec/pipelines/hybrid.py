@@ -58,9 +58,11 @@ import numpy as np
 
 from agentrec.core.errors import UsageError
 from agentrec.core.metrics import bootstrap_interval, chunk_rows, format_metrics, metrics_from_ranks
+from agentrec.core.progress import LLMProgress
 from agentrec.data.dataset import PreparedDataset
 from agentrec.llm.prompts import PromptConfig, validate_strategy
 from agentrec.pipelines.predict import DEFAULT_GROUND_DISTANCE, open_cache, predict, resolve_engine, write_records
+from agentrec.retrieval.embedders import get_embedder
 from agentrec.retrieval.index import CatalogueIndex
 from agentrec.training.runs import load_model
 
@@ -556,8 +558,9 @@ def predict_hybrid(dataset, run: str | Path, strategy: str = "fscot", engine=Non
                    limit: int | None = None, out: str | Path | None = None, config: HybridConfig | None = None,
                    grid: FusionGrid | None = None, valid_sessions: int = DEFAULT_VALID_SESSIONS,
                    split: str = "test", engine_config=None, prompts=None, generation=None, index=None,
-                   embedder: str = "minilm", store: str | Path = "vectorstore", chroma_host: str | None = None,
-                   cache=True, ground_distance: float | None = None, progress: bool = False) -> HybridResult:
+                   embedder="minilm", store: str | Path = "vectorstore", chroma_host: str | None = None,
+                   cache=True, ground_distance: float | None = None, progress: bool | LLMProgress = False,
+                   device: str = "cpu") -> HybridResult:
     """The LLM's grounded lists fused with the model of run folder ``run``; the fusion chosen on validation.
 
     Unless ``config`` fixes the fusion, the LLM first writes titles for the first ``valid_sessions``
@@ -570,8 +573,12 @@ def predict_hybrid(dataset, run: str | Path, strategy: str = "fscot", engine=Non
             (:class:`~agentrec.training.runs.DatasetMismatchError` otherwise, raised before anything is generated).
         run: a run folder written by ``agentrec train`` (any model; SemSR-F is the intended one).
         strategy, engine, limit, split, engine_config, prompts, generation, index, embedder, store,
-            chroma_host, cache, ground_distance, progress: as in :func:`agentrec.pipelines.predict.predict`
+            chroma_host, cache, ground_distance: as in :func:`agentrec.pipelines.predict.predict`
             (``split`` is measured; choosing on validation needs ``split="test"``).
+        progress: True for one bar over the LLM's work on both splits (the validation sessions, then the measured
+            ones; sessions x steps, as predict counts them) with tokens/s and an ETA for both, and bars while
+            building the index; or an :class:`~agentrec.core.progress.LLMProgress` of the caller's, grown by
+            this run's work (and left open).
         k: length of the listed top-K; metrics at 10 (when K > 10) and K.
         out: JSON-lines file, one line per session (the fused top-K with each item's source, model rank and
             score, and for the LLM's items their position and distance); the LLM-only lines go beside it as
@@ -580,6 +587,8 @@ def predict_hybrid(dataset, run: str | Path, strategy: str = "fscot", engine=Non
         grid: the fusions tried on validation (default :class:`FusionGrid`), with their fill setting; a
             one-point grid is a fixed fusion.
         valid_sessions: validation sessions the fusion is chosen on (the first ones, in split order).
+        device: where torch work runs (``auto``, ``cpu``, ``cuda``, ``cuda:N``): the run's model (it scores the
+            catalogue there) and an embedder given by name. The hf LLM's device is ``engine_config.device``.
 
     Returns:
         A :class:`HybridResult`; ``result.llm`` holds the LLM-only result, its grounded lists in
@@ -587,7 +596,7 @@ def predict_hybrid(dataset, run: str | Path, strategy: str = "fscot", engine=Non
         ``result.selection`` the validation grid (None when the fusion was given).
     """
     started = time.perf_counter()
-    validate_strategy(strategy, prompts or PromptConfig())  # a broken template fails before any model loads
+    plan = validate_strategy(strategy, prompts or PromptConfig())  # a broken template fails before any model loads
     grid = FusionGrid.fixed(config) if config is not None else grid or FusionGrid()
     choose = grid.size > 1
     if choose and split != "test":
@@ -595,39 +604,44 @@ def predict_hybrid(dataset, run: str | Path, strategy: str = "fscot", engine=Non
                          "give the weight and the candidates (M) to measure a fixed fusion there")
     if not isinstance(dataset, PreparedDataset):
         dataset = PreparedDataset.load(dataset)
-    info, model = load_model(run, dataset)  # checks the fingerprint before the LLM runs
+    info, model = load_model(run, dataset, device=device)  # checks the fingerprint before the LLM runs
     engine = resolve_engine(engine, engine_config)  # one engine (and one model load) for both splits
     cache = open_cache(cache)
+    bars = progress if isinstance(progress, bool) else progress.enabled
     if index is None:
-        index = CatalogueIndex.build(dataset, embedder, store=store, chroma_host=chroma_host, progress=progress)
+        if isinstance(embedder, str):
+            embedder = get_embedder(embedder, device=device)
+        index = CatalogueIndex.build(dataset, embedder, store=store, chroma_host=chroma_host, progress=bars)
     common = dict(engine_config=engine_config, prompts=prompts, generation=generation, index=index, cache=cache,
                   ground_distance=DEFAULT_GROUND_DISTANCE if ground_distance is None else ground_distance)
     depth = max(grid.candidates)
     k = min(int(k), dataset.n_items)
 
     selection, valid_llm, selecting = None, None, 0.0
-    if choose:
-        n_valid = min(int(valid_sessions), len(dataset.valid))
-        if n_valid < 1:
-            raise UsageError(f"{dataset.name}: no validation sessions to choose the fusion on; give the weight "
-                             "and the candidates (M) to fix it by hand")
-        valid_llm = predict(dataset, strategy, engine, k=depth, limit=n_valid, split="valid", **common)
-        clock = time.perf_counter()
-        ids, _ = valid_llm.candidates.head(depth)
-        points, ranks = grid.points(), []
-        for rows, scores in _score_chunks(model, dataset.valid, valid_llm.n, dataset.n_items):
-            ranks.append(grid_ranks(ids[rows], scores, dataset.valid.target[rows], [*points, MODEL_ALONE]))
-        ranks = np.concatenate(ranks)
-        selection = choose_fusion(ranks[:, :-1], points, ranks[:, -1])
-        config = selection.config
-        selecting = time.perf_counter() - clock
-        logger.info("hybrid: %s", selection.describe())
-    else:
-        config = grid.points()[0]
-
-    llm_out = Path(out).with_suffix(".llm.jsonl") if out is not None else None
-    llm = predict(dataset, strategy, engine, k=max(config.candidates, k), limit=limit, out=llm_out, split=split,
-                  **common)
+    n_valid = min(int(valid_sessions), len(dataset.valid)) if choose else 0
+    if choose and n_valid < 1:
+        raise UsageError(f"{dataset.name}: no validation sessions to choose the fusion on; give the weight "
+                         "and the candidates (M) to fix it by hand")
+    # one bar over the LLM's work on both splits (sessions x steps, as predict counts them), reserved up front so
+    # that its ETA covers the test sessions while the validation ones run (each predict call takes its share)
+    n_test = len(dataset.split(split)) if limit is None else min(int(limit), len(dataset.split(split)))
+    steps = len(plan.steps)
+    bar = progress if isinstance(progress, LLMProgress) else LLMProgress(
+        None, desc=f"hybrid {plan.name}", unit="session" if steps == 1 else "session-step", enabled=bars)
+    bar.reserve((n_valid + n_test) * steps)
+    try:
+        if choose:
+            valid_llm = predict(dataset, strategy, engine, k=depth, limit=n_valid, split="valid", progress=bar,
+                                **common)
+            selection, config, selecting = _select(model, dataset, valid_llm, grid, depth)
+        else:
+            config = grid.points()[0]
+        llm_out = Path(out).with_suffix(".llm.jsonl") if out is not None else None
+        llm = predict(dataset, strategy, engine, k=max(config.candidates, k), limit=limit, out=llm_out, split=split,
+                      progress=bar, **common)
+    finally:
+        if bar is not progress:
+            bar.close()
     candidates, distances = llm.candidates.head(config.candidates)  # in memory: no file is read back
     reranking = time.perf_counter()
     samples = dataset.split(split)
@@ -677,6 +691,20 @@ def predict_hybrid(dataset, run: str | Path, strategy: str = "fscot", engine=Non
     if out is not None:
         write_records(out, lines, result.summary())
     return result
+
+
+def _select(model, dataset, valid_llm, grid: FusionGrid, depth: int) -> tuple[FusionSelection, HybridConfig, float]:
+    """The fusion chosen on the validation sessions ``valid_llm`` generated (:func:`choose_fusion`), and the
+    seconds that scoring and choosing took."""
+    clock = time.perf_counter()
+    ids, _ = valid_llm.candidates.head(depth)
+    points, ranks = grid.points(), []
+    for rows, scores in _score_chunks(model, dataset.valid, valid_llm.n, dataset.n_items):
+        ranks.append(grid_ranks(ids[rows], scores, dataset.valid.target[rows], [*points, MODEL_ALONE]))
+    ranks = np.concatenate(ranks)
+    selection = choose_fusion(ranks[:, :-1], points, ranks[:, -1])
+    logger.info("hybrid: %s", selection.describe())
+    return selection, selection.config, time.perf_counter() - clock
 
 
 def _score_chunks(model, samples, n: int, n_items: int):
