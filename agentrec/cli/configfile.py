@@ -206,7 +206,8 @@ def with_config(*, required: tuple[str, ...] = (), sections: tuple[str, ...] = (
         sections, keep, reader: how the file is read (:func:`load`).
         help: the ``--config`` help, when the command reads more than its options.
 
-    A command that declares ``config_file`` (not an option) receives the :class:`ConfigFile` (or None).
+    A command that declares ``config_file`` (not an option) receives the :class:`ConfigFile` (or None); one that
+    declares ``typer_context`` receives the command's context.
     An untyped :class:`~agentrec.core.options.OptionError` about an option whose value came from the
     file is re-labelled with the file and key.
     """
@@ -215,12 +216,13 @@ def with_config(*, required: tuple[str, ...] = (), sections: tuple[str, ...] = (
         signature = inspect.signature(func)
         hints = typing.get_type_hints(func, include_extras=True)
         params = {name: p.replace(annotation=hints.get(name, p.annotation), kind=inspect.Parameter.KEYWORD_ONLY)
-                  for name, p in signature.parameters.items() if name != "config_file"}
+                  for name, p in signature.parameters.items() if name not in ("config_file", "typer_context")}
         unknown = set(required) - set(params)
         if unknown:
             raise TypeError(f"{func.__name__} has no option {sorted(unknown)}")
         keys, arguments = option_keys(params)
         wants_file = "config_file" in signature.parameters
+        wants_context = "typer_context" in signature.parameters
         option = ConfigOption
         if help:
             option = Annotated[Optional[Path], typer.Option("--config", help=help, rich_help_panel="Configuration")]
@@ -249,6 +251,8 @@ def with_config(*, required: tuple[str, ...] = (), sections: tuple[str, ...] = (
                 raise UsageError(f"missing option {flag(missing[0])}")
             if wants_file:
                 kwargs["config_file"] = file
+            if wants_context:
+                kwargs["typer_context"] = typer_context
             try:
                 return func(*args, **kwargs)
             except OptionError as error:

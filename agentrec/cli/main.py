@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import traceback
 
 import typer
 from typer.core import TyperGroup
 
 from agentrec.cli import compare, data, index, predict, signals, train
+from agentrec.cli.options import ARGV_KEY
 from agentrec.core.errors import AgentrecError
 from agentrec.core.options import OptionError, flag
 
@@ -46,7 +48,15 @@ def debug() -> bool:
 
 
 class AgentrecGroup(TyperGroup):
-    """The root group: runs a command and turns a user error into one red line and exit code 1."""
+    """The root group: runs a command and turns a user error into one red line and exit code 1.
+
+    In a rank of a data-parallel job (``agentrec train --nproc N``) other than rank 0, a user error that every rank
+    meets alike is left to rank 0 to print (:func:`agentrec.training.distributed.rank_error_line`).
+    """
+
+    def parse_args(self, ctx, args):
+        ctx.meta[ARGV_KEY] = list(args)  # as typed: agentrec train --nproc N starts its ranks with them
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: typer.Context):
         try:
@@ -54,7 +64,13 @@ class AgentrecGroup(TyperGroup):
         except AgentrecError as error:
             if debug():
                 traceback.print_exception(error)
-            typer.secho(describe(error), err=True, fg=typer.colors.RED)
+            line = describe(error)
+            if os.environ.get("RANK", "0") != "0":  # a rank of a torchrun job (no torch import otherwise)
+                from agentrec.training.distributed import rank_error_line
+
+                line = rank_error_line(error, line)
+            if line is not None:
+                typer.secho(line, err=True, fg=typer.colors.RED)
             raise typer.Exit(1) from None
 
 
@@ -77,8 +93,23 @@ app = typer.Typer(
 def setup_logging() -> None:
     """Log agentrec's progress to stderr (commands set the level: --quiet, --verbose); other libraries log
     warnings only."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    handler = _AboveBars()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     logging.getLogger("agentrec").setLevel(logging.INFO)
+
+
+class _AboveBars(logging.StreamHandler):
+    """A stderr handler that writes through tqdm, so a log line lands above the progress bars drawn at that
+    moment instead of inside one (tqdm is imported on the first line logged, keeping ``--help`` light)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 -- logging must never raise; the standard handler reports it
+            self.handleError(record)
 
 
 # groups by name (agentrec data ...); a module added without a name gives top-level commands (agentrec train)

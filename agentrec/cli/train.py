@@ -15,6 +15,7 @@ import typer
 
 from agentrec.cli.configfile import ConfigFile, convert, with_config
 from agentrec.cli.options import (
+    ARGV_KEY,
     DEVICE_HELP,
     EMBEDDER_HELP,
     REQUIRED,
@@ -32,6 +33,7 @@ from agentrec.cli.options import (
 from agentrec.core.errors import UsageError
 from agentrec.core.options import COUNT, POSITIVE, OptionError, Writable
 from agentrec.models import MODELS
+from agentrec.training.losses import NEGATIVES_HELP
 
 app = typer.Typer()
 
@@ -75,29 +77,42 @@ def train(
     signals: Annotated[Optional[str], typer.Option(help="With --semantic: " + SIGNALS_HELP)] = None,
     device: Annotated[Optional[str], typer.Option(help=DEVICE_HELP + " Default auto.")] = None,
     precision: Annotated[Optional[TrainPrecision], typer.Option(help="Precision of the training steps: fp32 (the default), bf16 (autocast: matrix products in bfloat16, weights and optimiser in fp32), or auto (bf16 where the device computes it natively).")] = None,
+    negatives: Annotated[Optional[int], typer.Option(help=NEGATIVES_HELP)] = None,
+    nproc: Annotated[Optional[int], typer.Option(help="Train data-parallel in N processes (torch DDP, started through torch.distributed.run; gloo on the CPU, NCCL with one GPU each). --batch-size is the global batch, split across them; --threads is per process. Default 1; under torchrun, its world size.")] = None,
     quiet: QuietOption = False,
     config_file: ConfigFile | None = None,
+    typer_context: typer.Context | None = None,
 ):
     """Train a model on the train split, selecting the epoch on validation; test is never touched.
 
     Precedence: flags > --config file > defaults. Example:
 
       agentrec train --model niser --data data/ml-100k --out runs/niser --epochs 20 --set sigma=16
+
+    With --nproc N (or under 'torchrun --nproc-per-node N -m agentrec train ...') N ranks train one run
+    data-parallel; rank 0 writes it and prints the summary.
     """
-    set_verbosity(quiet=quiet)
+    from agentrec.training import distributed
+
+    world = distributed.launched_world()  # None unless this process is one rank of a torchrun job
+    set_verbosity(quiet=quiet or (world is not None and not world.main))  # ranks other than 0 keep quiet
     from agentrec.core.devices import resolve_device
     from agentrec.core.metrics import format_metrics
     from agentrec.data.dataset import PreparedDataset
     from agentrec.pipelines.train import RunSpec, build_model_config, build_train_config, train_run
     from agentrec.training.runs import LEARNING_CURVE_FILE
 
+    COUNT.check("nproc", nproc)
+    if world is not None and nproc not in (None, world.size):
+        raise UsageError(f"--nproc {nproc}: this process is one of {world.size} ranks started by torchrun; leave "
+                         f"--nproc out, or give {world.size}")
     if signals and semantic is None:
         raise UsageError("--signals augments the LLM item texts of --semantic init|fusion; add --semantic")
     flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "lr_step": lr_step,
              "lr_gamma": lr_gamma, "patience": patience, "select_metric": select_metric,
              "exclude_history": exclude_history, "seed": seed, "threads": threads,
              "max_train_samples": max_train_samples, "device": device,
-             "precision": precision.value if precision is not None else None}
+             "precision": precision.value if precision is not None else None, "negatives": negatives}
     # every setting is range-checked here, before the dataset is read
     train_config = build_train_config(None, flags)
     resolve_device(train_config.device)  # a missing GPU is found before the dataset is read
@@ -115,7 +130,19 @@ def train(
     spec = RunSpec(model=model.value, variant=semantic.value if semantic else None, embedder=embedder,
                    signals=signals, train=train_config,
                    model_settings=dataclasses.asdict(model_config) if model_config is not None else {})
-    info = train_run(spec, dataset, out, progress=not quiet)
+    if world is None and (nproc or 1) > 1:  # everything is checked: start the ranks, each this same command
+        if spec.model == "pop":
+            raise UsageError("--nproc: pop (the popularity floor) is counted, not trained; leave --nproc out")
+        distributed.check_launch(nproc, train_config.device)
+        n_train = len(dataset.train) if train_config.max_train_samples is None else train_config.max_train_samples
+        distributed.check_batches(train_config.batch_size, min(n_train, len(dataset.train)), nproc)
+        code = distributed.launch(nproc, command_line(typer_context), threads=train_config.threads)
+        if code:
+            raise typer.Exit(code)  # the failed rank has printed why
+        return  # rank 0 printed the summary
+    info = train_run(spec, dataset, out, progress=not quiet and (world is None or world.main))
+    if world is not None and not world.main:
+        return
     if info.semantic:
         typer.echo(f"semantic variant: {info.semantic}")
     if info.history:
@@ -126,6 +153,15 @@ def train(
     curve = Path(out) / LEARNING_CURVE_FILE
     typer.echo(f"\nwrote {out}" + (f" (learning curve: {curve})" if info.history and curve.exists() else "")
                + f"; test it once with 'agentrec evaluate {out}'")
+
+
+def command_line(context: typer.Context | None) -> list[str]:
+    """This command's arguments as typed (``train --model narm ...``, kept by the root group), for the ranks to
+    run it again; the process's own arguments when the command was not started through the root group."""
+    import sys
+
+    typed = context.meta.get(ARGV_KEY) if context is not None else None
+    return list(typed) if typed is not None else sys.argv[1:]
 
 
 class _Settings(dict):

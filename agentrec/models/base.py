@@ -94,8 +94,16 @@ class SessionModel(nn.Module):
         """``(N + 1, D)`` vectors every session is scored against."""
         return self.item_embedding.weight
 
+    def item_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """``(len(ids), D)``: rows ``ids`` of :meth:`item_table`, without building the others.
+
+        A sampled softmax (``agentrec.training.losses``) scores a few thousand of 500,000 items; a model whose
+        table is computed (SemSR-F) overrides this to compute only those rows.
+        """
+        return self.item_table()[ids]
+
     def prepare_table(self, table: torch.Tensor) -> torch.Tensor:
-        """Whatever the scoring rule does to the item table alone (NISER: normalise it)."""
+        """Whatever the scoring rule does to the item table alone (NISER: normalise it); it acts on each row alone."""
         return table
 
     def score_query(self, sessions: torch.Tensor) -> torch.Tensor:

@@ -116,6 +116,9 @@ class SemanticFusion(SessionModel):
     def item_table(self) -> torch.Tensor:
         return self.w5(torch.cat([self.base.item_table(), self.llm_items], dim=1))
 
+    def item_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.w5(torch.cat([self.base.item_rows(ids), self.llm_items[ids]], dim=1))
+
     def prepare_table(self, table: torch.Tensor) -> torch.Tensor:
         return self.base.prepare_table(table)
 

@@ -32,9 +32,9 @@ import numpy as np
 from agentrec.core import fsutil
 from agentrec.core.config import merge_into
 from agentrec.core.devices import resolve_device
-from agentrec.core.errors import UsageError
+from agentrec.core.errors import AgentrecError, UsageError
 from agentrec.core.metrics import chunk_rows
-from agentrec.core.options import check_writable
+from agentrec.core.options import COUNT, check_writable
 from agentrec.data.api import prepare_dataset
 from agentrec.data.dataset import PreparedDataset, Samples
 from agentrec.data.protocols import PROTOCOLS
@@ -46,6 +46,7 @@ from agentrec.pipelines.predict import Candidates, GenerationConfig, generate_ca
 from agentrec.pipelines.train import RunSpec, build_model_config, train_run
 from agentrec.retrieval.embedders import DEFAULT_EMBEDDER
 from agentrec.retrieval.index import CatalogueIndex
+from agentrec.training import distributed
 from agentrec.training.runs import RUN_ENTRIES, RunInfo, evaluate_run, load_model, read_run
 from agentrec.training.trainer import TrainConfig
 
@@ -189,7 +190,7 @@ def train(model: str, data, *, out: str | Path, variant: str | None = None, embe
           patience: int | None = None, exclude_history: bool | None = None, seed: int | None = None,
           threads: int | None = None, eval_memory_mb: float | None = None, max_train_samples: int | None = None,
           bucket: int | None = None, device: str | None = None, precision: str | None = None,
-          progress: bool = False) -> Run:
+          negatives: int | None = None, nproc: int = 1, progress: bool = False) -> Run:
     """Train ``model`` on ``data`` into the run folder ``out`` (``agentrec train``), through :func:`train_run`.
 
     Args:
@@ -209,6 +210,13 @@ def train(model: str, data, *, out: str | Path, variant: str | None = None, embe
             ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; an unavailable GPU is a UsageError before any work. The
             returned run loads its model on the same device.
         precision: of the training steps: ``"fp32"`` (the default), ``"bf16"`` (autocast) or ``"auto"``.
+        negatives: sampled softmax: each batch scored against its own targets and this many uniformly drawn
+            items (``agentrec.training.losses``); None (the default) scores every item.
+        nproc: train data-parallel in this many processes (torch DDP: ``agentrec train --nproc``, started here
+            through ``torch.distributed.run``; see :mod:`agentrec.training.distributed`). ``batch_size`` is the
+            global batch and ``threads`` are per process. It needs ``data`` in a folder, and ``bucket`` and
+            ``eval_memory_mb`` at their defaults (``agentrec train`` has no options for them). Called inside a
+            torchrun job, the job's ranks train together whatever ``nproc`` says.
         progress: progress bars.
 
     Returns:
@@ -218,7 +226,7 @@ def train(model: str, data, *, out: str | Path, variant: str | None = None, embe
     flags = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, lr_step=lr_step,
                  lr_gamma=lr_gamma, select_metric=select_metric, patience=patience, exclude_history=exclude_history,
                  seed=seed, threads=threads, eval_memory_mb=eval_memory_mb, max_train_samples=max_train_samples,
-                 bucket=bucket, device=device, precision=precision)
+                 bucket=bucket, device=device, precision=precision, negatives=negatives)
     train_config = merge_into(TrainConfig, {}, flags, where="train settings")
     resolve_device(train_config.device)  # a missing GPU is found before any work
     if settings is not None and not isinstance(settings, dict):
@@ -230,11 +238,49 @@ def train(model: str, data, *, out: str | Path, variant: str | None = None, embe
         build_model_config(model, settings=spec.model_settings)  # an unknown or out-of-range setting fails now
     elif spec.model_settings:
         raise UsageError(f"pop (the popularity floor) has no model settings, got {spec.model_settings}")
+    COUNT.check("nproc", nproc)
     check_writable("out", out)  # before any work, not after training
     fsutil.refuse_foreign(out, RUN_ENTRIES, what="a run folder")
     dataset = _as_dataset(data)
-    train_run(spec, dataset, out, progress=progress)
+    if nproc > 1 and distributed.launched_world() is None:
+        _train_in_ranks(nproc, spec, dataset, out, flags, progress=progress)
+    else:
+        train_run(spec, dataset, out, progress=progress)
     return Run(out, dataset=dataset, device=train_config.device)
+
+
+def _train_in_ranks(nproc: int, spec: RunSpec, dataset, out, flags: dict, *, progress: bool) -> None:
+    """``agentrec train --nproc N`` for :func:`train`'s checked settings, given to the ranks as a config file."""
+    import json
+    import tempfile
+
+    if spec.model == "pop":
+        raise UsageError("nproc: pop (the popularity floor) is counted, not trained; leave nproc at 1")
+    not_options = sorted(name for name in ("bucket", "eval_memory_mb") if flags.get(name) is not None)
+    if not_options:
+        leave = "it at its default" if len(not_options) == 1 else "them at their defaults"
+        raise UsageError(f"nproc {nproc}: {', '.join(not_options)} cannot be given to the ranks (agentrec train "
+                         f"has no such option); leave {leave}")
+    if dataset.path is None:
+        raise UsageError(f"nproc {nproc}: the ranks read the dataset from its folder; save it first "
+                         "(PreparedDataset.save) or pass the folder")
+    distributed.check_launch(nproc, spec.train.device)
+    n_train = min(len(dataset.train), spec.train.max_train_samples or len(dataset.train))
+    distributed.check_batches(spec.train.batch_size, n_train, nproc)
+    options = {name: value for name, value in flags.items() if value is not None}
+    options.update(model=spec.model, data=str(Path(dataset.path).resolve()), out=str(Path(out).resolve()),
+                   nproc=nproc, quiet=not progress, model_settings=spec.model_settings)
+    if spec.variant:
+        options.update(semantic=spec.variant, embedder=spec.embedder)
+    if spec.signals:
+        options["signals"] = spec.signals
+    with tempfile.TemporaryDirectory(prefix="agentrec-ranks-") as folder:
+        config = Path(folder) / "train.json"
+        config.write_text(json.dumps(options), encoding="utf-8")
+        code = distributed.launch(nproc, ["train", "--config", str(config)], threads=spec.train.threads)
+    if code:
+        raise AgentrecError(f"training in {nproc} processes failed (exit code {code}); the failing rank printed why "
+                            "on standard error")
 
 
 def load_run(path: str | Path, data=None, *, device: str = "cpu") -> Run:

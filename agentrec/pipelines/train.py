@@ -29,6 +29,7 @@ from agentrec.models.semantic import SemanticFusion, semantic_init
 from agentrec.pipelines import plots
 from agentrec.retrieval.embedders import DEFAULT_EMBEDDER, item_embeddings
 from agentrec.signals.store import load_signals
+from agentrec.training import distributed
 from agentrec.training.runs import LEARNING_CURVE_FILE, RUN_FILE, WEIGHTS_FILE, RunInfo, read_run, train_popularity
 from agentrec.training.trainer import TrainConfig, set_seed, train_model
 
@@ -76,6 +77,10 @@ class RunSpec:
         spec = jsonable(asdict(self))
         if not self.variant:  # the embedder and signals only matter to a SemSR variant
             spec.pop("embedder"), spec.pop("signals")
+        if spec["train"].get("negatives") is None:  # the full softmax: keys of runs made before the option stay
+            spec["train"].pop("negatives", None)
+        if "device" in spec["train"]:  # where it trains is not what it is: a GPU's checkpoint serves a CPU rerun
+            spec["train"]["device"] = "auto"  # (and keys of runs made with the default stay as they were)
         if self.model == "pop":  # the popularity floor is counted, not trained
             spec = {"model": "pop", "exclude_history": self.train.exclude_history}
         payload = {"spec": spec, "dataset": dataset.fingerprint}
@@ -136,17 +141,40 @@ def train_run(spec: RunSpec, dataset, out: str | Path, *, config_path=None, prog
     Returns:
         The run record (validation metrics of the selected epoch; test is never computed here). A
         trained model's folder also gets ``learning_curve.png`` (:func:`write_learning_curve`).
+
+    Run as a rank of a torchrun job (``agentrec train --nproc N``, ``torchrun -m agentrec train``), this joins the
+    job's process group (gloo on the CPU, NCCL on CUDA), trains data-parallel, and leaves the group when done or
+    failed; rank 0 writes the run and its curve, and every rank returns once they are on disk
+    (:mod:`agentrec.training.distributed`).
     """
+    world = distributed.launched_world()
     if spec.model == "pop":
+        if world is not None and world.size > 1:
+            raise UsageError("pop (the popularity floor) is counted, not trained: build it in one process, "
+                             "without --nproc or torchrun")
         return train_popularity(dataset, out, exclude_history=spec.train.exclude_history)
+    with distributed.process_group(world, spec.train.device) as world:
+        info = _train_network(spec, dataset, out, config_path=config_path, progress=progress, llm_table=llm_table,
+                              world=world)
+        if world is None or world.main:
+            write_learning_curve(out, info, dataset_name=dataset.name)
+        distributed.barrier(world)  # the other ranks return once the run is on disk
+    return info
+
+
+def _train_network(spec: RunSpec, dataset, out, *, config_path, progress: bool, llm_table, world) -> RunInfo:
+    """:func:`train_run` for a session model, in one process or as one rank of ``world``."""
+    main = world is None or world.main
     set_seed(spec.train.seed)  # before the model exists: initial weights follow the seed too
     net = build_model(spec.model, dataset, config_path, settings=dict(spec.model_settings))
     described = None
     if spec.variant is not None:
         signal_texts, signal_info = (load_signals(spec.signals, dataset) if spec.signals else (None, None))
         if llm_table is None:
-            llm_table = load_llm_table(dataset, spec.embedder, signals=signal_texts, progress=progress,
-                                       device=spec.train.device)  # the training device (auto: a GPU if any)
+            with distributed.rank_zero_first(world):  # rank 0 fills the dataset's embedding cache, the others read it
+                llm_table = load_llm_table(dataset, spec.embedder, signals=signal_texts, progress=progress and main,
+                                           # the training device (auto: a GPU if any; a rank's own GPU)
+                                           device=str(world.device) if world is not None else spec.train.device)
         if spec.variant == "init":
             described = semantic_init(net, llm_table)
         else:
@@ -156,9 +184,7 @@ def train_run(spec: RunSpec, dataset, out: str | Path, *, config_path=None, prog
         if signal_info:
             described["signals"] = signal_info
         logger.info("semantic variant: %s", described)
-    info = train_model(net, dataset, spec.train, out=out, progress=progress, semantic=described)
-    write_learning_curve(out, info, dataset_name=dataset.name)
-    return info
+    return train_model(net, dataset, spec.train, out=out, progress=progress, semantic=described, world=world)
 
 
 def write_learning_curve(run: str | Path, info: RunInfo, *, dataset_name: str | None = None) -> Path | None:

@@ -20,7 +20,9 @@ from agentrec.core.devices import DEVICE_NAME, DEVICES_HELP, resolve_device
 from agentrec.core.errors import TrainingDivergedError, UsageError
 from agentrec.core.metrics import DEFAULT_KS
 from agentrec.core.options import COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, SEED, OptionError, Range
-from agentrec.training.runs import RunInfo, dataset_ref, evaluate_model, save_run
+from agentrec.training import distributed
+from agentrec.training.losses import training_loss
+from agentrec.training.runs import RunInfo, dataset_ref, save_run
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,9 @@ class TrainConfig:
     # where the model, its batches and validation run: auto (CUDA when torch sees one, else the CPU), cpu, cuda or
     # cuda:N (agentrec.core.devices.resolve_device). Checkpoints are saved from CPU copies, so any device loads them
     device: str = "auto"
+    # sampled softmax (agentrec.training.losses): each batch is scored against its own targets and this many items
+    # drawn uniformly from the catalogue, logQ-corrected, instead of every item; None = the full softmax
+    negatives: int | None = None
 
     def __post_init__(self):
         """Range-check every field before any work; an :class:`OptionError` names the field."""
@@ -69,6 +74,7 @@ class TrainConfig:
         Range(0, 1, low_open=True, note="1 keeps the learning rate constant").check("lr_gamma", self.lr_gamma)
         POSITIVE.check("eval_memory_mb", self.eval_memory_mb)
         POSITIVE.check("time_budget_s", self.time_budget_s)
+        COUNT.check("negatives", self.negatives)
         NON_NEGATIVE_INT.check("bucket", self.bucket)
         SEED.check("seed", self.seed)
         if self.precision not in PRECISIONS:
@@ -131,8 +137,12 @@ def batch_indices(lengths: np.ndarray, batch_size: int, rng: np.random.Generator
 
 
 def train_model(model, dataset, config: TrainConfig, *, out: str | Path | None = None, progress: bool = True,
-                semantic: dict | None = None) -> RunInfo:
+                semantic: dict | None = None, world: distributed.World | None = None) -> RunInfo:
     """Train ``model`` on ``dataset.train``, select on ``dataset.valid``, save to ``out``.
+
+    ``world`` (a joined :class:`~agentrec.training.distributed.World`, from ``distributed.process_group``) makes
+    this one rank of a data-parallel job: the model is wrapped in DistributedDataParallel, each rank takes its slice
+    of every global batch and of validation, and rank 0 alone saves (see :mod:`agentrec.training.distributed`).
 
     Returns the run record: per-epoch loss, throughput and validation metrics, the best epoch and
     its validation metrics.
@@ -142,19 +152,28 @@ def train_model(model, dataset, config: TrainConfig, *, out: str | Path | None =
     if len(dataset.valid) == 0:  # before any work: there would be no epoch to select
         raise UsageError(f"the validation split of dataset {dataset.name!r} ({dataset.path}) is empty, so no epoch "
                          "can be selected; prepare it again with a validation split")
-    device = resolve_device(config.device)  # before any work: a missing GPU is a UsageError
-    torch.set_num_threads(config.threads)
+    # before any work: a missing GPU is a UsageError; a rank trains on the device its process group chose
+    device = world.device if world is not None else resolve_device(config.device)
+    torch.set_num_threads(config.threads)  # per rank, in a data-parallel job
     set_seed(config.seed)
+    if world is not None:
+        progress = progress and world.main
+        torch.manual_seed(config.seed + world.rank)  # dropout masks differ by rank; weights come from rank 0 (DDP)
     rng = np.random.default_rng(config.seed)
     train = dataset.train
     if config.max_train_samples is not None and config.max_train_samples < len(train):
         train = train.subset(np.sort(rng.choice(len(train), config.max_train_samples, replace=False)))
+    if world is not None:
+        distributed.check_batches(config.batch_size, len(train), world.size)
     model.to(device)  # before the optimiser is built, so it holds the parameters on the device
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
     ks = tuple(sorted(set(DEFAULT_KS) | {int(config.select_metric.split("@")[1])}))
     device_type = device.type
     precision = resolve_precision(config.precision, device_type)
+    loss_fn = training_loss(model, train, config.negatives, seed=config.seed)  # model.loss when negatives is None
+    # a rank computes its slice's loss through DDP, which averages the gradients over the ranks in backward
+    step_loss = loss_fn if world is None else distributed.data_parallel(model, loss_fn, world)
 
     history, best, best_state, best_epoch, stale = [], -math.inf, None, None, 0
     stopped_by = "epochs"  # or "patience", "time budget"
@@ -162,18 +181,26 @@ def train_model(model, dataset, config: TrainConfig, *, out: str | Path | None =
     for epoch in range(1, config.epochs + 1):
         model.train()
         batches = batch_indices(np.minimum(train.lengths, model.config.max_history), config.batch_size, rng, config.bucket)
+        if world is not None:  # every rank takes a step on every batch: skip one too short to give each a sample
+            batches = [index for index in batches if len(index) >= world.size]
         started, started_cpu = time.perf_counter(), time.process_time()
         total_loss, seen = 0.0, 0
         bar = _bar(len(train), f"epoch {epoch}") if progress else None
         for number, index in enumerate(batches, start=1):
-            batch = model.make_batch(train, index, device=device)
+            local = index if world is None else index[world.rank::world.size]  # a rank's slice of the global batch
+            batch = model.make_batch(train, local, device=device)
             try:
                 with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                    loss = model.loss(batch)
+                    loss = step_loss(batch)
             except TrainingDivergedError as error:  # a model's own check (e.g. a NaN attention parameter)
-                raise TrainingDivergedError(f"training diverged at epoch {epoch}, batch {number} of "
-                                            f"{len(batches)} (lr {config.lr:g}): {error}") from None
+                if world is None:
+                    raise TrainingDivergedError(f"training diverged at epoch {epoch}, batch {number} of "
+                                                f"{len(batches)} (lr {config.lr:g}): {error}") from None
+                logger.error("rank %d: %s", world.rank, error)
+                loss = torch.tensor(math.nan)  # every rank meets it in the summed loss below, and stops there
             value = loss.item()
+            if world is not None:  # the global batch's mean loss, the same number on every rank
+                value = float(distributed.all_sum([value * len(local)], world)[0]) / len(index)
             if not math.isfinite(value):  # before the step: the weights that made it are never kept
                 if bar is not None:
                     bar.close()
@@ -182,7 +209,10 @@ def train_model(model, dataset, config: TrainConfig, *, out: str | Path | None =
                     f"(lr {config.lr:g}); nothing was saved. Lower --lr (the default is {TrainConfig.lr:g}) "
                     "and train again")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if world is None:
+                loss.backward()
+            else:  # weighted so that DDP's average over ranks is the gradient of the global batch's mean loss
+                (loss * (world.size * len(local) / len(index))).backward()
             optimizer.step()
             total_loss += value * len(index)
             seen += len(index)
@@ -191,12 +221,15 @@ def train_model(model, dataset, config: TrainConfig, *, out: str | Path | None =
                 bar.set_postfix(loss=f"{value:.3f}", sps=f"{seen / (time.perf_counter() - started):.0f}")
         train_seconds = time.perf_counter() - started
         train_cpu_seconds = time.process_time() - started_cpu
+        if world is not None:  # the CPU time of every rank: samples per CPU second stay comparable
+            train_cpu_seconds = float(distributed.all_sum([train_cpu_seconds], world)[0])
         scheduler.step()
         model.eval()
         _check_finite(model, config, epoch, bar)  # a finite last loss can still leave non-finite weights
         try:
-            valid = evaluate_model(model, dataset, "valid", ks=ks, exclude_history=config.exclude_history,
-                                   memory_budget_mb=config.eval_memory_mb)
+            valid = distributed.evaluate_sharded(model, dataset, "valid", world, ks=ks,
+                                                 exclude_history=config.exclude_history,
+                                                 memory_budget_mb=config.eval_memory_mb)
         except TrainingDivergedError as error:
             raise TrainingDivergedError(f"training diverged: validating after epoch {epoch} "
                                         f"(lr {config.lr:g}): {error}") from None
@@ -238,7 +271,9 @@ def train_model(model, dataset, config: TrainConfig, *, out: str | Path | None =
                 stopped_by = "patience"
                 break
         elapsed = time.perf_counter() - began
-        if config.time_budget_s is not None and elapsed >= config.time_budget_s and epoch < config.epochs:
+        # in a data-parallel job every rank stops when any clock has passed the budget
+        if distributed.any_rank(config.time_budget_s is not None and elapsed >= config.time_budget_s
+                                and epoch < config.epochs, world):
             logger.info("time budget of %.0f s spent (%.0f s): stopping after epoch %d, keeping epoch %d",
                         config.time_budget_s, elapsed, epoch, best_epoch)
             stopped_by = "time budget"
@@ -268,9 +303,11 @@ def train_model(model, dataset, config: TrainConfig, *, out: str | Path | None =
             "median_samples_per_cpu_second": float(np.median([h["samples_per_cpu_second"] for h in history])),
             "paper": getattr(model, "paper", ""),
             "reference": getattr(model, "reference", ""),
+            "world_size": world.size if world is not None else 1,  # ranks that trained it (data-parallel: > 1)
+            "backend": world.backend if world is not None else None,  # gloo or nccl in a data-parallel job
         },
     )
-    if out is not None:
+    if out is not None and (world is None or world.main):  # rank 0 alone writes the run
         save_run(out, info, model.state_dict())
     return info
 
