@@ -125,6 +125,13 @@ CASES = [
     ("compare --data {data} --out {out} --epochs 0", "--epochs"),
     ("compare --data {data} --out {out} --models bert4rec", "--models"),
     ("signals generate --data {data} --out {out} --max-chars 3", "--max-chars"),
+    ("signals generate --data {data} --out {out} --ray --actors 0", "--actors"),
+    ("signals generate --data {data} --out {out} --ray --cpus-per-actor 0", "--cpus-per-actor"),
+    ("signals generate --data {data} --out {out} --ray --gpus-per-actor -1", "--gpus-per-actor"),
+    ("signals generate --data {data} --out {out} --ray --actor-timeout-s 0", "--actor-timeout-s"),
+    ("signals generate --data {data} --out {out} --ray --actor-retries -1", "--actor-retries"),
+    ("predict --strategy fs --data {data} --out {out}.jsonl --ray --actors 0", "--actors"),
+    ("predict --strategy fs --data {data} --out {out}.jsonl --ray --actor-timeout-s -5", "--actor-timeout-s"),
     ("signals report {data} --threshold 1.5", "--threshold"),
     ("data prepare synthetic --out {out} --items 0", "--items"),
     ("data prepare recbole --source " + TINY + " --protocol semsr --out {out} --valid-fraction 0.5 "

@@ -18,6 +18,7 @@ import typer
 
 from agentrec.cli.configfile import with_config
 from agentrec.cli.options import (
+    DEVICE_HELP,
     FIELDS_HELP,
     REQUIRED,
     STORE_HELP,
@@ -34,6 +35,17 @@ from agentrec.cli.options import (
     set_verbosity,
     split_names,
     torch_threads,
+)
+from agentrec.cli.ray_options import (
+    RAY_RULES,
+    ActorRetriesOption,
+    ActorsOption,
+    ActorTimeoutOption,
+    CpusPerActorOption,
+    GpusPerActorOption,
+    RayAddressOption,
+    RayFlag,
+    ray_config,
 )
 from agentrec.core.errors import UsageError
 from agentrec.core.options import (
@@ -67,7 +79,7 @@ DEFAULT_OUT = Path("runs/predict")
          max_history=COUNT, title_tokens=COUNT, rationale_tokens=COUNT, temperature=NON_NEGATIVE, chunk_size=COUNT,
          threads=COUNT, ground_distance=Range(0, 2, note="a cosine distance"), candidates=COUNT, weight=UNIT,
          rrf_c=NON_NEGATIVE, valid_sessions=COUNT,
-         fields=Names(ITEM_FIELDS))
+         fields=Names(ITEM_FIELDS), **RAY_RULES)
 def predict(
     strategy: Annotated[Optional[StrategyName], typer.Option(help="Prompting strategy (SemSR 3.2): " + choices_help(STRATEGIES) + "." + REQUIRED)] = None,
     data: Annotated[Optional[Path], typer.Option(help="Prepared dataset folder (default: data/ml-100k, MovieLens-100K prepared with leave-one-out if missing).")] = None,
@@ -88,6 +100,7 @@ def predict(
     temperature: Annotated[float, typer.Option(help="Sampling temperature (0: greedy).")] = 0.0,
     chunk_size: Annotated[int, typer.Option(help="Sessions per engine call; each chunk is cached before the next.")] = 256,
     threads: ThreadsOption = 1,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP + " Here: the catalogue index's embedder and, with --hybrid, the run's model (the hf LLM's device is --llm-device).")] = "auto",
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Bypass the generation cache (nothing read, nothing written).")] = False,
     cache_file: Annotated[Optional[Path], typer.Option(help="Generation cache file (default ~/.cache/agentrec/generations.sqlite).")] = None,
     embedder: EmbedderOption = "minilm",
@@ -101,6 +114,13 @@ def predict(
     fusion: Annotated[FusionName, typer.Option(help="Hybrid: the fusion rule; rrf: (1 - w) / (c + model rank) + w / (c + LLM position).", rich_help_panel="Hybrid")] = FusionName.rrf,
     rrf_c: Annotated[float, typer.Option(help="Hybrid: the constant c of the reciprocal-rank fusion.", rich_help_panel="Hybrid")] = 60.0,
     fill: Annotated[bool, typer.Option("--fill/--no-fill", help="Hybrid: list the whole catalogue (items in neither top-M list keep the model's order), or the candidates alone.", rich_help_panel="Hybrid")] = True,
+    ray: RayFlag = False,
+    ray_address: RayAddressOption = None,
+    actors: ActorsOption = 2,
+    cpus_per_actor: CpusPerActorOption = 1.0,
+    gpus_per_actor: GpusPerActorOption = 0.0,
+    actor_timeout_s: ActorTimeoutOption = 600.0,
+    actor_retries: ActorRetriesOption = 1,
     quiet: QuietOption = False,
     engine: str = "hf",
     engine_config: Optional[EngineConfig] = None,
@@ -123,6 +143,8 @@ def predict(
       agentrec predict --strategy fs --data data/ml-100k --hybrid runs/semsr-f --out runs/llm/hybrid.jsonl
 
       agentrec predict --strategy fs --data data/ml-100k --hybrid runs/semsr-f --weight 0.3 --candidates 20
+
+      agentrec predict --strategy fs --data data/ml-100k --limit 200 --chunk-size 25 --ray --actors 2
     """
     set_verbosity(quiet=quiet)
     if all_sessions and limit is not None:
@@ -131,6 +153,16 @@ def predict(
     if shard_parts is not None and hybrid is not None:
         raise UsageError("--shard is not offered with --hybrid; shard the LLM alone and merge with "
                          "'agentrec merge-predictions'")
+    ray_settings = ray_config(ray=ray, ray_address=ray_address, actors=actors, cpus_per_actor=cpus_per_actor,
+                              gpus_per_actor=gpus_per_actor, actor_timeout_s=actor_timeout_s,
+                              actor_retries=actor_retries, engine=engine, engine_config=engine_config)
+    if ray_settings is not None:
+        if hybrid is not None:
+            raise UsageError("--ray is not offered with --hybrid; run the LLM alone with --ray (its generations are "
+                             "cached), then the same --hybrid command without --ray reads them from the cache")
+        from agentrec.llm.raypool import import_ray
+
+        import_ray()  # not installed: the install command, before any work
     given_data = data is not None
     data = data if given_data else default_data_folder()
     given_out = out is not None
@@ -138,6 +170,9 @@ def predict(
     check_writable("out", out, folder=False)  # before any work: the defaults are checked like given values
     if chroma_host is None:
         check_writable("store", store)
+    from agentrec.retrieval.embedders import get_embedder
+
+    embedder = get_embedder(embedder, device=device)  # a bad name, device or missing GPU: one line, before any work
     if all_sessions:
         limit_text = f"every {split.value} session (--all)"
     elif limit is None:
@@ -184,7 +219,12 @@ def predict(
                           candidates=default.candidates if candidates is None else (candidates,), c=(rrf_c,),
                           fusions=(fusion.value,), fill=fill)
         result = predict_hybrid(data, hybrid, strategy.value, engine, grid=grid, valid_sessions=valid_sessions,
-                                **common)
+                                device=device, **common)
+    elif ray_settings is not None:
+        from agentrec.llm.raypool import RayPool
+
+        with RayPool(engine, engine_config, ray_settings) as pool:
+            result = predict_llm(data, strategy.value, engine, shard=shard_parts, ray=pool, **common)
     else:
         result = predict_llm(data, strategy.value, engine, shard=shard_parts, **common)
     typer.echo(result.describe())

@@ -39,6 +39,17 @@ from agentrec.core.options import (
     Writable,
     check_writable,
 )
+from agentrec.cli.ray_options import (
+    RAY_RULES,
+    ActorRetriesOption,
+    ActorsOption,
+    ActorTimeoutOption,
+    CpusPerActorOption,
+    GpusPerActorOption,
+    RayAddressOption,
+    RayFlag,
+    ray_config,
+)
 from agentrec.core.shards import parse_shard
 from agentrec.core.templates import ITEM_FIELDS
 from agentrec.llm import EngineConfig
@@ -69,7 +80,7 @@ def parse_items(items: str | None) -> list[int] | None:
 @engine_options(defaults={"batch_size": 16})
 @checked(out=Writable(), limit=COUNT, max_new_tokens=COUNT, temperature=NON_NEGATIVE, seed=SEED,
          empty_retries=NON_NEGATIVE_INT, max_chars=Range(8, integer=True), chunk_size=COUNT, threads=COUNT,
-         fields=Names(ITEM_FIELDS), aspects=Names(ASPECT_NAMES))
+         fields=Names(ITEM_FIELDS), aspects=Names(ASPECT_NAMES), **RAY_RULES)
 def generate(
     data: Annotated[Optional[Path], typer.Option(help="Prepared dataset folder." + REQUIRED)] = None,
     out: Annotated[Optional[Path], typer.Option(help="Signal set folder: created, or resumed when it was made with the same settings." + REQUIRED)] = None,
@@ -86,6 +97,13 @@ def generate(
     max_chars: Annotated[int, typer.Option(help="Cleaned signals are cut to this many characters at a word boundary.")] = 240,
     chunk_size: Annotated[int, typer.Option(help="Signals per engine call; each chunk is written durably before the next.")] = 64,
     threads: Annotated[int, typer.Option(help="Torch threads.")] = 1,
+    ray: RayFlag = False,
+    ray_address: RayAddressOption = None,
+    actors: ActorsOption = 2,
+    cpus_per_actor: CpusPerActorOption = 1.0,
+    gpus_per_actor: GpusPerActorOption = 0.0,
+    actor_timeout_s: ActorTimeoutOption = 600.0,
+    actor_retries: ActorRetriesOption = 1,
     quiet: QuietOption = False,
     engine: str = "hf",
     engine_config: Optional[EngineConfig] = None,
@@ -93,11 +111,15 @@ def generate(
     """Generate LaMAR signals for every catalogue item (or --limit / --items), resuming what a set already has.
 
     Safe to kill at any moment: rerun the same command and it finishes the set with no item missing,
-    none duplicated, and no generation repeated for items already written.
+    none duplicated, and no generation repeated for items already written. With --ray the chunks run on a
+    pool of Ray actors (a local cluster, or --ray-address), stored as they come back; the set equals the one
+    made without --ray (use as many torch threads per actor, --cpus-per-actor, as --threads here).
 
     Examples:
 
       agentrec signals generate --data data/ml-100k --out signals/ml-100k-smollm2
+
+      agentrec signals generate --data data/ml-100k --out signals/ml-100k-smollm2 --ray --actors 2 --chunk-size 16
 
       agentrec signals generate --data data/beauty --aspects usage --engine openai --base-url http://127.0.0.1:8000/v1 --out signals/beauty-llama
     """
@@ -110,6 +132,13 @@ def generate(
     if limit is not None and items:
         raise UsageError("give --limit or --items, not both")
     shard_parts = parse_shard(shard)
+    ray_settings = ray_config(ray=ray, ray_address=ray_address, actors=actors, cpus_per_actor=cpus_per_actor,
+                              gpus_per_actor=gpus_per_actor, actor_timeout_s=actor_timeout_s,
+                              actor_retries=actor_retries, engine=engine, engine_config=engine_config)
+    if ray_settings is not None:
+        from agentrec.llm.raypool import import_ray
+
+        import_ray()  # not installed: the install command, before any work
     wanted = parse_items(items)
     torch_threads(threads)
     config = SignalConfig(aspects=parse_aspects(aspects), fields=split_names(fields), max_new_tokens=max_new_tokens,
@@ -122,9 +151,17 @@ def generate(
         raise OptionError("--items", f"has ids outside the catalogue (1..{dataset.n_items}): "
                                      f"{', '.join(map(str, outside[:5]))}", typed=True)
     validate_aspects(config.aspects, config.prompts)  # before the engine: vllm loads its model when made
-    llm = agentrec.llm.get_engine(engine, engine_config)
-    result = generate_signals(dataset, out, llm, config=config, item_ids=item_ids, progress=not quiet,
-                              shard=shard_parts)
+    if ray_settings is None:
+        llm = agentrec.llm.get_engine(engine, engine_config)
+        result = generate_signals(dataset, out, llm, config=config, item_ids=item_ids, progress=not quiet,
+                                  shard=shard_parts)
+    else:
+        from agentrec.llm.raypool import RayPool, driver_engine
+
+        llm = driver_engine(engine, engine_config)  # renders the prompts; the actors make their own engines
+        with RayPool(engine, engine_config, ray_settings) as pool:
+            result = generate_signals(dataset, out, llm, config=config, item_ids=item_ids, progress=not quiet,
+                                      shard=shard_parts, ray=pool)
     typer.echo(result.describe())
     (Path(out) / "last_run.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     typer.echo(f"\nreport it with: agentrec signals report {out}")

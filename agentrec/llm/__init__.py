@@ -12,7 +12,8 @@ Engines by name (:data:`ENGINES`, made by :func:`get_engine` from an :class:`Eng
 ``langchain``  :mod:`agentrec.llm.langchain`: any LangChain chat model, as an object or by
                ``provider:model`` name.
 ``vllm``       :mod:`agentrec.llm.vllm`: in-process ``vllm.LLM``, one batched ``LLM.chat`` call for all
-               chats, prefix caching, tensor parallelism, end-of-turn stop tokens.
+               chats, prefix caching, tensor parallelism, end-of-turn stop tokens; data parallelism
+               as replica processes, each with its own GPUs and a share of the chats.
 =============  ===================================================================================
 
 The contract every engine implements (:class:`Engine`, :class:`SamplingParams`, :class:`Generation`)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from agentrec.core.assets import cache_dir
 from agentrec.core.errors import ServiceError
-from agentrec.llm.base import Engine, EngineError, Generation, SamplingParams
+from agentrec.llm.base import Engine, EngineError, Generation, SamplingParams, generate_reporting
 
 logger = logging.getLogger(__name__)
 
@@ -104,39 +104,89 @@ class CachedBatch:
         return sum(self.cached)
 
 
+@dataclass
+class CacheLookup:
+    """One batch looked up in the cache: what it has, and the chats the engine must still generate.
+
+    :func:`lookup` makes it, :meth:`complete` stores the engine's generations and gives the
+    :class:`CachedBatch`; :func:`cached_generate` is the two with the engine call between them, and a Ray driver
+    (:mod:`agentrec.pipelines.predict`) sends :attr:`missing_chats` to an actor instead.
+    """
+
+    model: str  # the engine fingerprint the keys were made with
+    keys: list[str]  # one per chat of the batch
+    found: dict[str, Generation]  # cached generations by key
+    first: dict[str, int]  # missing key -> the first chat of the batch that has it
+    chats: list[list[dict]]
+
+    @property
+    def missing(self) -> list[str]:
+        return list(self.first)
+
+    @property
+    def missing_chats(self) -> list[list[dict]]:
+        """The chats to generate: one per missing key (a chat repeated in the batch is generated once)."""
+        return [self.chats[i] for i in self.first.values()]
+
+    def keep(self, cache: GenerationCache | None, generations: list[Generation | None]) -> None:
+        """Store the generations made for :attr:`missing_chats` (None: failed, not stored)."""
+        kept = [(key, g) for key, g in zip(self.missing, generations) if g is not None]
+        if cache is not None and kept:
+            cache.put_many(self.model, kept)
+
+    def complete(self, cache: GenerationCache | None, generations: list[Generation], *,
+                 engine_seconds: float = 0.0) -> CachedBatch:
+        """The batch, once ``generations`` (one per :attr:`missing_chats`) are made; they are stored in ``cache``."""
+        if len(generations) != len(self.first):
+            raise ServiceError(f"the engine returned {len(generations)} generations for {len(self.first)} chats")
+        new = dict(zip(self.missing, generations))
+        if cache is not None and new:
+            cache.put_many(self.model, list(new.items()))
+        found = {**self.found, **new}
+        cached = [self.first.get(key) != i for i, key in enumerate(self.keys)]  # a repeat is not generated again
+        return CachedBatch(generations=[found[key] for key in self.keys], cached=cached, engine_seconds=engine_seconds)
+
+
+def lookup(model: str, chats: list[list[dict]], params: SamplingParams, *, template_digest: str,
+           cache: GenerationCache | None) -> CacheLookup:
+    """Look ``chats`` up in ``cache`` (None: nothing is cached) for the engine of fingerprint ``model``."""
+    keys = [generation_key(model, template_digest, chat, params) for chat in chats]
+    found = cache.get_many(keys) if cache is not None else {}
+    first: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        if key not in found:
+            first.setdefault(key, i)
+    return CacheLookup(model=model, keys=keys, found=found, first=first, chats=chats)
+
+
 def cached_generate(engine: Engine, chats: list[list[dict]], params: SamplingParams, *, template_digest: str,
-                    cache: GenerationCache | None) -> CachedBatch:
+                    cache: GenerationCache | None, progress=None) -> CachedBatch:
     """Generate for ``chats``, calling ``engine`` once for the chats the cache lacks.
 
     With ``cache=None`` every chat goes to the engine. Repeated chats in one batch are generated once.
     When the engine fails part-way (:class:`~agentrec.llm.base.EngineError`), the generations it did
-    return are stored before the error is raised again, so a rerun resumes where it stopped.
+    return are stored before the error is raised again, so a rerun resumes where it stopped. ``progress``
+    (an :class:`agentrec.core.progress.LLMProgress`) counts the chats: the cached ones at once, the others per
+    engine batch (:func:`~agentrec.llm.base.generate_reporting`).
     """
-    model = engine.fingerprint
-    keys = [generation_key(model, template_digest, chat, params) for chat in chats]
-    found = cache.get_many(keys) if cache is not None else {}
-    first: dict[str, int] = {}  # missing key -> the first chat that has it
-    for i, key in enumerate(keys):
-        if key not in found:
-            first.setdefault(key, i)
-    missing = list(first)
+    found = lookup(engine.fingerprint, chats, params, template_digest=template_digest, cache=cache)
+    missing = found.missing_chats
+    if progress is not None and len(chats) > len(missing):
+        progress.update(len(chats) - len(missing))
     seconds = 0.0
+    made: list[Generation] = []
     if missing:
         started = time.perf_counter()
         try:
-            made = engine.generate([chats[first[key]] for key in missing], params)
+            made = generate_reporting(engine, missing, params, progress) if progress is not None else \
+                engine.generate(missing, params)
         except EngineError as error:
-            kept = [(key, g) for key, g in zip(missing, error.partial) if g is not None]
-            if cache is not None and kept:
-                cache.put_many(model, kept)
-                logger.warning("kept %d generations in %s before the error", len(kept), cache.path)
+            found.keep(cache, list(error.partial))
+            if cache is not None and any(g is not None for g in error.partial):
+                logger.warning("kept %d generations in %s before the error",
+                               sum(g is not None for g in error.partial), cache.path)
             raise
         seconds = time.perf_counter() - started
         if len(made) != len(missing):
             raise ServiceError(f"engine {engine.name} returned {len(made)} generations for {len(missing)} chats")
-        new = dict(zip(missing, made))
-        if cache is not None:
-            cache.put_many(model, list(new.items()))
-        found = {**found, **new}
-    cached = [first.get(key) != i for i, key in enumerate(keys)]  # a repeat in the batch is not generated again
-    return CachedBatch(generations=[found[key] for key in keys], cached=cached, engine_seconds=seconds)
+    return found.complete(cache, made, engine_seconds=seconds)

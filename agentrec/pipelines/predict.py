@@ -18,7 +18,13 @@ outputs, token counts). :func:`predict` runs it for the sessions of a split and 
    each cut to the engine's context (item texts first, then whole prompts: "Budgets" in
    :mod:`agentrec.llm.prompts`; the cuts are counted in the result),
 2. generates in chunks of ``chunk_size`` sessions, one engine call per step and chunk, through the
-   generation cache (:mod:`agentrec.llm.cache`: a rerun or resumed run makes no repeated calls),
+   generation cache (:mod:`agentrec.llm.cache`: a rerun or resumed run makes no repeated calls), with one
+   progress bar over the sessions (:class:`~agentrec.core.progress.LLMProgress`: tokens/s, ETA) moved per engine
+   batch; with ``ray=`` (a :class:`~agentrec.llm.raypool.RayPool`, ``agentrec predict --ray``) each chunk's
+   uncached chats are one task for the pool's actors, step by step (a CoT strategy's title step waits for every
+   chunk's rationale step), and each chunk's generations enter the cache as they come back. The actors make
+   the engine calls the plain path makes (the same chats per call), so the generations are the same; a killed
+   driver loses at most the chunks in flight (the cache holds the rest),
 3. parses a title from each output (:func:`parse_title`),
 4. grounds all parsed titles with **one** batched :meth:`CatalogueIndex.match` call (top-K),
 5. (:func:`predict`) returns Recall@K / MRR@K / NDCG@K under :data:`PROTOCOL`, the candidates with them, and
@@ -44,12 +50,14 @@ from pathlib import Path
 import numpy as np
 
 from agentrec.core import fsutil
-from agentrec.core.errors import MismatchError, NotFoundError, UsageError
+from agentrec.core.errors import MismatchError, NotFoundError, ServiceError, UsageError
 from agentrec.core.metrics import format_metrics, metrics_from_ranks
+from agentrec.core.progress import LLMProgress
 from agentrec.core.shards import shard_rows, shard_text
 from agentrec.data.dataset import PreparedDataset
 from agentrec.llm import Engine, EngineConfig, SamplingParams, get_engine
-from agentrec.llm.cache import GenerationCache, cached_generate
+from agentrec.llm.cache import CachedBatch, GenerationCache, cached_generate, lookup
+from agentrec.llm.raypool import RayPool, driver_engine, generate_task
 from agentrec.llm.prompts import PromptBuilder, PromptConfig, Strategy, chat_digest, validate_strategy
 from agentrec.llm.titles import normalise_title, parse_title
 from agentrec.pipelines import plots
@@ -159,6 +167,7 @@ class PredictResult:
     generation: dict | None = None  # the sampling settings (likewise)
     seconds: float = 0.0
     out: str | None = None
+    ray: str | None = None  # the Ray pool that generated (None: this process); engine_seconds then sums its actors'
     candidates: Candidates | None = field(repr=False, default=None)  # the grounded top-K lists, in memory
 
     @property
@@ -192,18 +201,23 @@ class PredictResult:
             + f"; {self.items_cut:,} item texts cut, {self.prompts_cut:,} prompts cut to fit"
             + (f" ({self.examples_dropped:,} examples and {self.session_items_dropped:,} session items left out)"
                if self.prompts_cut else ""),
-            f"engine: {self.engine_calls:,} chats in {self.engine_seconds:.1f} s, {self.generated_tokens_out:,} tokens "
-            f"generated ({self.tokens_per_s:.1f} tokens/s)" if self.engine_calls else "engine: not called",
+            f"engine: {self.engine_calls:,} chats in {self.engine_seconds:.1f} s"
+            + (" (summed over the Ray actors)" if self.ray else "")
+            + f", {self.generated_tokens_out:,} tokens generated ({self.tokens_per_s:.1f} tokens/s)"
+            if self.engine_calls else "engine: not called",
             f"cache: {self.cache_hits:,} of {self.cache_lookups:,} chats from the cache"
             + (f" ({self.cache_hit_rate:.0%})" if self.cache_lookups else " (cache off)"),
         ]
+        if self.ray:
+            lines.append(self.ray)
         return "\n".join(lines)
 
 
 # ================================================================================================ generate + ground
 def generate_candidates(builder: PromptBuilder, plan: Strategy, engine: Engine, index, *, k: int,
                         n: int | None = None, generation: GenerationConfig | None = None,
-                        cache: GenerationCache | None = None, rows=None) -> Candidates:
+                        cache: GenerationCache | None = None, rows=None, progress: LLMProgress | None = None,
+                        ray: RayPool | None = None) -> Candidates:
     """Generate a title for each query session of ``builder`` and ground all of them in the catalogue.
 
     Args:
@@ -219,6 +233,10 @@ def generate_candidates(builder: PromptBuilder, plan: Strategy, engine: Engine, 
             order given; a shard's, see :func:`shard_rows`). Row ``j`` of the result is session ``rows[j]``.
         generation: sampling and chunking (default :class:`GenerationConfig`).
         cache: the generation cache, or None for none.
+        progress: a bar moved by one per session and step (cached chats at once, the others per engine batch,
+            or per chunk under Ray); None: no bar.
+        ray: generate on this pool's Ray actors (see the module docstring); ``engine`` is then the driver's
+            (its fingerprint keys the cache, its tokenizer cuts the prompts).
 
     Returns:
         :class:`Candidates` for the first ``n`` sessions, in order. Generation runs in chunks of
@@ -240,36 +258,23 @@ def generate_candidates(builder: PromptBuilder, plan: Strategy, engine: Engine, 
     found = Candidates(item_ids=np.zeros((n, k), dtype=np.int64), distances=np.full((n, k), np.inf), titles=[],
                        raw=raw, rationales=rationales, prompt_ids=prompt_ids, tokens=tokens, cached=cached)
     chunk_size = max(1, generation.chunk_size)
-    for start in range(0, n, chunk_size):
-        local = np.arange(start, min(n, start + chunk_size))  # positions in the result
-        step_rationales = None
-        for step in plan.steps:
-            params = generation.params(step.output)
-            chats = builder.step_chats(plan, step, rows[local], rationales=step_rationales,
-                                       max_new_tokens=params.max_new_tokens)
-            batch = cached_generate(engine, chats, params, template_digest=builder.template_digest(step.template),
-                                    cache=cache)
-            found.engine_seconds += batch.engine_seconds
-            found.cache_hits += batch.hits if cache is not None else 0
-            found.cache_lookups += len(chats) if cache is not None else 0
-            for j, (row, made, from_cache) in enumerate(zip(local, batch.generations, batch.cached)):
-                cached[row] &= from_cache
-                if made.tokens_in is None or made.tokens_out is None:
-                    found.unknown_token_counts += 1
-                else:
-                    tokens[row] += (made.tokens_in, made.tokens_out)
-                if not from_cache:
-                    found.engine_calls += 1
-                    found.generated_tokens_out += made.tokens_out or 0
+    chunks = [np.arange(start, min(n, start + chunk_size)) for start in range(0, n, chunk_size)]  # result positions
+    if ray is not None:
+        _generate_on_ray(builder, plan, engine, found, rows, chunks, generation, cache, progress, ray)
+    else:
+        for local in chunks:
+            step_rationales = None
+            for step in plan.steps:
+                params = generation.params(step.output)
+                chats = builder.step_chats(plan, step, rows[local], rationales=step_rationales,
+                                           max_new_tokens=params.max_new_tokens)
+                batch = cached_generate(engine, chats, params, template_digest=builder.template_digest(step.template),
+                                        cache=cache, progress=progress)
+                _take_batch(found, step, local, chats, batch, cache is not None)
                 if step.output == "rationale":
-                    rationales[row] = made.text
-                else:
-                    raw[row] = made.text
-                    prompt_ids[row] = chat_digest(chats[j])[:16]
-            if step.output == "rationale":
-                step_rationales = [rationales[row] for row in local]
-        logger.info("%s: generated %d of %d sessions (%.1f s in the engine)", plan.name, local[-1] + 1, n,
-                    found.engine_seconds)
+                    step_rationales = [rationales[row] for row in local]
+            logger.debug("%s: generated %d of %d sessions (%.1f s in the engine)", plan.name, local[-1] + 1, n,
+                         found.engine_seconds)
 
     # ground every parsed title at once: one embedder call, one Chroma query
     found.titles = [parse_title(text) for text in raw]
@@ -283,6 +288,82 @@ def generate_candidates(builder: PromptBuilder, plan: Strategy, engine: Engine, 
     return found
 
 
+def _take_batch(found: Candidates, step, local: np.ndarray, chats: list, batch: CachedBatch, cached: bool) -> None:
+    """Enter one step's generations for the sessions at result positions ``local``."""
+    found.engine_seconds += batch.engine_seconds
+    found.cache_hits += batch.hits if cached else 0
+    found.cache_lookups += len(chats) if cached else 0
+    for j, (row, made, from_cache) in enumerate(zip(local, batch.generations, batch.cached)):
+        found.cached[row] &= from_cache
+        if made.tokens_in is None or made.tokens_out is None:
+            found.unknown_token_counts += 1
+        else:
+            found.tokens[row] += (made.tokens_in, made.tokens_out)
+        if not from_cache:
+            found.engine_calls += 1
+            found.generated_tokens_out += made.tokens_out or 0
+        if step.output == "rationale":
+            found.rationales[row] = made.text
+        else:
+            found.raw[row] = made.text
+            found.prompt_ids[row] = chat_digest(chats[j])[:16]
+
+
+def _generate_on_ray(builder: PromptBuilder, plan: Strategy, engine: Engine, found: Candidates, rows: np.ndarray,
+                     chunks: list[np.ndarray], generation: GenerationConfig, cache: GenerationCache | None,
+                     progress: LLMProgress | None, pool: RayPool) -> None:
+    """Every chunk's uncached chats of a step as one task of ``pool``; each chunk's generations are cached as they
+    come back. A chunk that fails after the pool's retries keeps what its engine finished; the sessions of every
+    failed chunk are named once the others are stored."""
+    samples = builder.samples
+    for number, step in enumerate(plan.steps):
+        params = generation.params(step.output)
+        digest = builder.template_digest(step.template)
+        after_rationale = number > 0 and plan.steps[number - 1].output == "rationale"
+        lookups, tasks, owners = [], [], []
+        for c, local in enumerate(chunks):
+            chats = builder.step_chats(plan, step, rows[local], max_new_tokens=params.max_new_tokens,
+                                       rationales=[found.rationales[row] for row in local] if after_rationale else None)
+            looked = lookup(engine.fingerprint, chats, params, template_digest=digest, cache=cache)
+            lookups.append(looked)
+            if progress is not None and len(chats) > len(looked.first):
+                progress.update(len(chats) - len(looked.first))
+            if looked.first:
+                tasks.append({"chats": looked.missing_chats, "params": params})
+                owners.append(c)
+            else:  # every chat of the chunk is cached
+                _take_batch(found, step, local, chats, looked.complete(cache, []), cache is not None)
+        labels = [describe_sessions(samples, rows[chunks[c]]) for c in owners]
+        failed = []
+        for done in pool.run(generate_task, tasks, labels=labels, fingerprint=engine.fingerprint):
+            c = owners[done.index]
+            looked = lookups[c]
+            if done.ok:
+                batch = looked.complete(cache, done.value, engine_seconds=done.seconds)
+                _take_batch(found, step, chunks[c], looked.chats, batch, cache is not None)
+                if progress is not None:
+                    progress.update(len(done.value), tokens_out=sum(g.tokens_out or 0 for g in done.value))
+            else:
+                looked.keep(cache, done.partial or [])
+                failed.append(f"{labels[done.index]}: {done.error}")
+        if failed:
+            raise ServiceError(f"{plan.name}, {step.output} step: {len(failed)} of {len(tasks)} chunks failed on the "
+                               f"Ray actors after {pool.config.actor_retries + 1} attempts each: "
+                               + "; ".join(failed[:8])
+                               + (f"; ... and {len(failed) - 8} more" if len(failed) > 8 else "")
+                               + ". The other chunks' generations are cached"
+                               + (f" in {cache.path}; rerun the same command to generate the rest" if cache else ""))
+
+
+def describe_sessions(samples, rows, shown: int = 6) -> str:
+    """``sessions u7, u9 (samples 0, 2)``: the sessions of a chunk, for messages."""
+    rows = [int(r) for r in rows]
+    names = ", ".join(str(samples.session[r]) for r in rows[:shown])
+    numbers = ", ".join(map(str, rows[:shown]))
+    more = f", ... ({len(rows)} sessions)" if len(rows) > shown else ""
+    return f"session{'s' if len(rows) > 1 else ''} {names}{more} (sample{'s' if len(rows) > 1 else ''} {numbers})"
+
+
 # ================================================================================================ predict
 def predict(dataset, strategy: str = "fs", engine: Engine | str | None = None, *, k: int = 20,
             limit: int | None = None, out: str | Path | None = None, split: str = "test",
@@ -290,8 +371,8 @@ def predict(dataset, strategy: str = "fs", engine: Engine | str | None = None, *
             generation: GenerationConfig | None = None, index=None, embedder: str = "minilm",
             store: str | Path = "vectorstore", chroma_host: str | None = None,
             cache: GenerationCache | str | Path | bool = True,
-            ground_distance: float = DEFAULT_GROUND_DISTANCE, progress: bool = False,
-            shard: tuple[int, int] | str | None = None) -> PredictResult:
+            ground_distance: float = DEFAULT_GROUND_DISTANCE, progress: bool | LLMProgress = False,
+            shard: tuple[int, int] | str | None = None, ray: RayPool | None = None) -> PredictResult:
     """Recommend with an LLM for the sessions of ``split`` and measure it.
 
     Args:
@@ -312,10 +393,14 @@ def predict(dataset, strategy: str = "fs", engine: Engine | str | None = None, *
             from ``embedder`` in ``store`` / ``chroma_host``.
         cache: True for the default cache file, a path for another, a GenerationCache, or False for none.
         ground_distance: cosine distance above which a parsed title counts as ungrounded.
-        progress: progress bars while building the index.
+        progress: True for one bar over the sessions (x steps: CoT strategies have two) with tokens/s and the ETA,
+            and bars while building the index; or an :class:`~agentrec.core.progress.LLMProgress` of the caller's,
+            grown by this run's sessions (and left open).
         shard: ``(I, N)`` or ``"I/N"``: only the selected sessions whose index ``i`` (in split order, among
             the first ``limit``) has ``i % N == I`` (:mod:`agentrec.core.shards`); records keep their
             split index in ``sample``, so shard files merge with :func:`merge_predictions`.
+        ray: generate on this :class:`~agentrec.llm.raypool.RayPool`'s actors (started here when it is not); an
+            engine given by name is then made for the driver by :func:`~agentrec.llm.raypool.driver_engine`.
 
     Returns:
         A :class:`PredictResult`; metrics follow :data:`PROTOCOL`; ``result.candidates`` holds the
@@ -330,10 +415,14 @@ def predict(dataset, strategy: str = "fs", engine: Engine | str | None = None, *
         raise UsageError(f"k must be at least 1, got {k}")
     if not isinstance(dataset, PreparedDataset):
         dataset = PreparedDataset.load(dataset)
-    engine = resolve_engine(engine, engine_config)
+    if ray is not None and (engine is None or isinstance(engine, str)):
+        engine = driver_engine(engine or "hf", engine_config)  # the actors make the engines that generate
+    else:
+        engine = resolve_engine(engine, engine_config)
     cache = open_cache(cache)
+    bars = progress if isinstance(progress, bool) else progress.enabled
     if index is None:  # before any generation: a store that does not fit fails now, not after the LLM ran
-        index = CatalogueIndex.build(dataset, embedder, store=store, chroma_host=chroma_host, progress=progress)
+        index = CatalogueIndex.build(dataset, embedder, store=store, chroma_host=chroma_host, progress=bars)
     builder = PromptBuilder(dataset, prompt_config, split=split, engine=engine)
     samples = builder.samples
     selected = len(samples) if limit is None else min(int(limit), len(samples))
@@ -348,8 +437,19 @@ def predict(dataset, strategy: str = "fs", engine: Engine | str | None = None, *
         raise UsageError(f"{dataset.name}: the {split} split has no sessions to predict"
                          + (f" in shard {result.shard} of its {selected} selected sessions" if shard else ""))
 
-    found = generate_candidates(builder, plan, engine, index, k=result.k, rows=rows, generation=generation,
-                                cache=cache)
+    if ray is not None:
+        ray.start()  # before the bar: starting a cluster takes seconds
+        result.ray = ray.describe()
+    steps = len(plan.steps)
+    bar = progress if isinstance(progress, LLMProgress) else LLMProgress(
+        None, desc=f"predict {plan.name}", unit="session" if steps == 1 else "session-step", enabled=bars)
+    bar.add_total(n * steps)
+    try:
+        found = generate_candidates(builder, plan, engine, index, k=result.k, rows=rows, generation=generation,
+                                    cache=cache, progress=bar, ray=ray)
+    finally:
+        if bar is not progress:
+            bar.close()
     result.candidates = found
     for name in ("engine_seconds", "engine_calls", "generated_tokens_out", "cache_hits", "cache_lookups",
                  "unknown_token_counts"):
