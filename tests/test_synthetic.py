@@ -147,3 +147,11 @@ def test_previous_item_predicts_the_next(medium):
     popular_hit = np.mean([n in popular for n in test["next"]])
     assert bigram_hit > 0.3
     assert bigram_hit > 2 * popular_hit
+
+
+def test_mean_length_sets_the_session_lengths_and_is_checked():
+    lengths = load_synthetic(items=500, sessions=4000, seed=2, mean_length=4.1).events.groupby("user").size()
+    assert lengths.min() >= 2 and abs(lengths.mean() - 4.1) < 0.15
+    assert load_synthetic(items=50, sessions=40, mean_length=2).events.groupby("user").size().eq(2).all()
+    with pytest.raises(ValueError, match="mean_length"):
+        load_synthetic(items=50, mean_length=1.5)

@@ -42,6 +42,7 @@ def prepare(
     seed: Annotated[Optional[int], typer.Option(help="Seed of the semsr user split, or of the synthetic generator.")] = None,
     items: Annotated[Optional[int], typer.Option(help="synthetic: catalogue size.")] = None,
     sessions: Annotated[Optional[int], typer.Option(help="synthetic: number of sessions (default 2 x items).")] = None,
+    mean_length: Annotated[Optional[float], typer.Option(help="synthetic: mean session length, at least 2 (default 5).")] = None,
     locale: Annotated[Optional[str], typer.Option(help="m2: locale to keep (default UK).")] = None,
     gap_s: Annotated[Optional[int], typer.Option(help="gap protocol: inactivity in seconds that starts a new session (default 1800).")] = None,
     min_item_count: Annotated[Optional[int], typer.Option(help="semsr/gap: drop items seen fewer times.")] = None,
@@ -75,7 +76,8 @@ def prepare(
         "min_user_interactions": min_user_interactions, "valid_fraction": valid_fraction,
         "test_fraction": test_fraction, "test_sessions": test_sessions,
     }
-    loader_options = {"meta": meta, "locale": locale, "items": items, "sessions": sessions, "seed": seed}
+    loader_options = {"meta": meta, "locale": locale, "items": items, "sessions": sessions, "seed": seed,
+                      "mean_length": mean_length}
     dataset = prepare_dataset(
         name.value, out=out, source=source, protocol=protocol.value if protocol else None, skip_bad=skip_bad,
         protocol_options={k: v for k, v in options.items() if v is not None},

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from agentrec.core.errors import UsageError
+from agentrec.core.options import Range
 from agentrec.data.raw import RawData
 
 logger = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ NEAR_PROBABILITY = 0.7  # given it stays: a few ranks from the previous item, el
 HOME_PROBABILITY = 0.7  # per session: it starts in its latent user's home category
 SESSIONS_PER_USER = 4  # latent users = sessions / this
 ZIPF_EXPONENT = 1.1  # popularity of the item at rank r inside its category ~ (r + 1) ** -exponent
-LENGTH_P = 0.25  # session length = 1 + Geometric(p) (support 1, 2, ...), mean 1 + 1 / p = 5
+LENGTH_P = 0.25  # session length = 1 + Geometric(p) (support 1, 2, ...), mean 1 + 1 / p = 5 (the default)
 MAX_LENGTH = 50
 GAP_S = (10, 300)  # seconds between consecutive clicks, uniform, inclusive
 
@@ -127,6 +128,7 @@ def load_synthetic(
     items: int = 1000,
     sessions: int | None = None,
     seed: int = 0,
+    mean_length: float | None = None,
     skip_bad: bool = False,
 ) -> RawData:
     """Generate a catalogue of ``items`` items and ``sessions`` click sessions.
@@ -135,8 +137,12 @@ def load_synthetic(
         source: must be None (accepted for the common loader signature; nothing is read).
         items: catalogue size; item ids are ``"i00000"``.. (zero-padded, at least 5 digits).
         sessions: number of sessions (ids ``"s0"``, ``"s1"``.. in order of start time); default
-            ``2 * items``, at most 2,000,000. Every session has 2 to 50 clicks (mean about 5).
+            ``2 * items``, at most 2,000,000. Every session has 2 to 50 clicks (mean about 5 unless
+            ``mean_length`` says otherwise).
         seed: the same seed gives identical frames.
+        mean_length: mean session length before the cap at 50 (at least 2; default 5). Lengths are
+            ``1 + Geometric(1 / (mean_length - 1))``; ``benchmarks/scale_m2.py`` uses 4.1 for
+            Amazon-M2's "about 4".
         skip_bad: ignored (nothing can be malformed).
 
     Returns:
@@ -151,16 +157,19 @@ def load_synthetic(
         sessions = min(2 * items, DEFAULT_MAX_SESSIONS)
     if items < 1 or sessions < 1:
         raise UsageError(f"need at least one item and one session, got items={items} sessions={sessions}")
+    Range(2, note="every session has at least 2 clicks").check("mean_length", mean_length)
+    length_p = LENGTH_P if mean_length is None else 1.0 / (mean_length - 1.0)
     rng = np.random.default_rng(seed)
     catalogue = _catalogue(rng, items)
-    events = _sessions(rng, catalogue, sessions)
+    events = _sessions(rng, catalogue, sessions, length_p)
     logger.info("synthetic: %d items in %d categories, %d sessions, %d events",
                 items, catalogue.n_categories, sessions, len(events))
     return RawData(
         name="synthetic",
         events=events,
         items=catalogue.frame,
-        sources={"generator": f"synthetic items={items} sessions={sessions} seed={seed}"},
+        sources={"generator": f"synthetic items={items} sessions={sessions} seed={seed}"
+                            + (f" mean_length={mean_length:g}" if mean_length is not None else "")},
         given_sessions=True,
         time_note=f"synthetic clock: sessions start uniformly over {WINDOW_S // 86_400} days from "
                   f"2023-01-01 UTC, clicks {GAP_S[0]}-{GAP_S[1]} s apart",
@@ -289,7 +298,7 @@ def _popularity_cdf(category, rank, offsets, sizes) -> np.ndarray:
     return category + within
 
 
-def _sessions(rng: np.random.Generator, cat: _Catalogue, n_sessions: int) -> pd.DataFrame:
+def _sessions(rng: np.random.Generator, cat: _Catalogue, n_sessions: int, length_p: float = LENGTH_P) -> pd.DataFrame:
     n_cat = cat.n_categories
     # Latent users, each with a home category where most of its sessions start.
     n_users = max(1, n_sessions // SESSIONS_PER_USER)
@@ -298,7 +307,7 @@ def _sessions(rng: np.random.Generator, cat: _Catalogue, n_sessions: int) -> pd.
     anywhere = rng.choice(n_cat, size=n_sessions, p=cat.category_weight)
     start_category = np.where(rng.random(n_sessions) < HOME_PROBABILITY, home[user], anywhere)
 
-    length = np.minimum(1 + rng.geometric(LENGTH_P, n_sessions), MAX_LENGTH).astype(np.int64)  # (S,)
+    length = np.minimum(1 + rng.geometric(length_p, n_sessions), MAX_LENGTH).astype(np.int64)  # (S,)
     start = np.concatenate([[0], np.cumsum(length)[:-1]])  # (S,) first event of each session
     n_events = int(length.sum())
     session = np.repeat(np.arange(n_sessions, dtype=np.int64), length)  # (E,)
