@@ -104,10 +104,11 @@ QUALITY_SOFTMAX = [
     ("NISER, full softmax, batch 1024", None, "minilm", None, 1024, 0, {}, 0),
     ("NISER, 16 negatives, batch 1024", None, "minilm", 16, 1024, 3, {}, 0),
     ("NISER, full softmax, batch 1024, same steps", None, "minilm", None, 1024, 0, SAME_STEPS, 0),
-    ("NISER, 16 negatives, batch 1024, same steps", None, "minilm", 16, 1024, 5, SAME_STEPS, 0),
+    ("NISER, 16 negatives, batch 1024, same steps", None, "minilm", 16, 1024, 0, SAME_STEPS, 0),
     ("SemNISER-F, full softmax, batch 256", "fusion", "minilm", None, 256, None, {}, 0),
     ("SemNISER-F, 16 negatives, batch 256", "fusion", "minilm", 16, 256, 7, {}, 0),
     ("SemNISER-F, 16 negatives, batch 1024", "fusion", "minilm", 16, 1024, 7, {}, 0),
+    ("SemNISER-F, 16 negatives, batch 1024, same steps", "fusion", "minilm", 16, 1024, 7, SAME_STEPS, 0),
 ]
 # SemNISER-F amplifies any change of its input into another training trajectory, so the embedders are compared
 # over three training seeds, beside the difference another seed alone makes
@@ -220,16 +221,16 @@ def step_embed(args, sizes: Sizes) -> dict:
         donors = np.asarray(donors_by.get(category) or np.arange(1, len(ids) + 1))
         full[rows] = table[donors[rng.integers(0, len(donors), len(rows))]]
     np.save(args.work / "embed" / "table.npy", full)
-    out["stand_in_items"] = int(len(missing))
+    out["stand_in_items"] = len(missing)
     return out
 
 
 def step_index(args, sizes: Sizes) -> dict:
     import torch
+    from index_recall import perturb, recall
 
     from agentrec.retrieval.embedders import get_embedder
     from agentrec.retrieval.index import CatalogueIndex, HNSWSettings
-    from index_recall import perturb, recall
 
     torch.set_num_threads(args.threads)
     dataset = load_data(args)
@@ -325,13 +326,13 @@ def step_train(args, sizes: Sizes, name: str) -> dict:
 
 def step_evaluate(args, sizes: Sizes, name: str) -> dict:
     import torch
+    from eval_speed import bare_product_rate
 
     from agentrec.core.ranking import product_rows
     from agentrec.training.runs import evaluate_model, load_model
-    from eval_speed import bare_product_rate
 
     dataset = load_data(args)
-    info, model = load_model(args.work / "runs" / EVALUATE_RUNS[name], dataset)
+    _, model = load_model(args.work / "runs" / EVALUATE_RUNS[name], dataset)
     torch.set_num_threads(args.threads)
     with torch.no_grad():
         table = model.scoring_table()
@@ -403,14 +404,13 @@ def step_quality_softmax(args, sizes: Sizes) -> dict:
 
 def step_quality_embedder(args, sizes: Sizes) -> dict:
     import torch
-
-    from agentrec.data.dataset import PreparedDataset
-    from agentrec.retrieval.embedders import get_embedder, item_embeddings
-    from agentrec.retrieval.index import CatalogueIndex
     from index_recall import perturb, recall
 
     from agentrec.core.metrics import bootstrap_interval
+    from agentrec.data.dataset import PreparedDataset
     from agentrec.pipelines.compare import per_session
+    from agentrec.retrieval.embedders import get_embedder, item_embeddings
+    from agentrec.retrieval.index import CatalogueIndex
 
     out, ranks = quality_rows(args, sizes, QUALITY_EMBEDDER)  # prepares ml-100k first if needed
     out["seed_averaged"] = {}
@@ -499,6 +499,14 @@ def pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
+def interval(difference: dict | None, metric: str) -> str:
+    """``+1.23 [-0.45, +2.34]``: a paired difference in points with its interval, or ``-`` for none."""
+    if not difference:
+        return "-"
+    d = difference[metric]
+    return f"{100 * d['point']:+.2f} [{100 * d['lo']:+.2f}, {100 * d['hi']:+.2f}]"
+
+
 def embed_estimates(e: dict) -> dict:
     """Whole-catalogue embedding times: wall at the measured rates, and CPU at the measured CPU rates."""
     n = e["items"]
@@ -544,19 +552,15 @@ def hour_section(r: dict) -> list[str]:
         lines += [text, ""]
     quality = r.get("quality-softmax")
     if quality:
-        def cost(row):
-            d = row["difference"]["recall@20"]
-            return f"{100 * d['point']:+.2f} [{100 * d['lo']:+.2f}, {100 * d['hi']:+.2f}]"
-
-        rows = {row["label"]: row for row in quality["rows"]}
-        picked = [(label, row) for label, row in rows.items() if row.get("difference") and row["negatives"]]
-        lines += ["- Quality cost, measured on MovieLens-100K against the full softmax at the same batch size and "
-                  "number of epochs (Recall@20 points, paired 95% interval over its "
-                  f"{quality['test_sessions']:,} test sessions; the tables below): "
-                  + "; ".join(f"{label}: {cost(row)}" for label, row in picked) + ". Batch 1024 by itself costs "
-                  "more there than the sampling does: a MovieLens-100K epoch is then 95 steps, so compare's schedule "
-                  "(x0.2 every 3 epochs, at most 8) gives it a quarter of batch 256's steps; the *same steps* rows "
-                  "stretch the schedule 4x. An M2 epoch at batch 1024 is 3,550 steps.", ""]
+        picked = [row for row in quality["rows"] if row.get("difference")]
+        lines += ["- Quality cost, measured on MovieLens-100K (Recall@20 points, each row minus the row after "
+                  f"*vs*, paired 95% interval over the {quality['test_sessions']:,} test sessions; the tables below): "
+                  + "; ".join(f"{row['label']} vs {row['versus'].split(', ', 1)[1]}: {interval(row['difference'], 'recall@20')}" for row in picked)
+                  + ". 16 negatives are 1% of MovieLens-100K's items, as 4,096 are of this catalogue. Batch 1024 "
+                  "with compare's schedule costs more there than the sampling does: a MovieLens-100K epoch is then "
+                  "95 steps, so the schedule (x0.2 every 3 epochs, at most 8, patience 2) gives it a quarter of "
+                  "batch 256's steps; the *same steps* rows stretch it 4x (at most 32 epochs, x0.2 every 12, "
+                  "patience 8). An M2 epoch at batch 1024 is 3,550 steps.", ""]
     semnf = r.get("train-semnf-sampled")
     if semnf:
         w, c = epoch_estimates(semnf)
@@ -589,7 +593,6 @@ def hour_section(r: dict) -> list[str]:
 
 def markdown(results: dict, args) -> str:
     import torch
-
     from eval_speed import _cpu_name
 
     r = results
@@ -615,7 +618,7 @@ def markdown(results: dict, args) -> str:
 
     def proc(step):
         q = r[step]["process"]
-        return (f"{hms(q['wall_s'])} | {hms(q['cpu_s'])} | {q['peak_rss_mib'] / 1024:.1f} GB | "
+        return (f"{hms(q['wall_s'])} | {hms(q['cpu_s'])} | {q['peak_rss_mib'] / 1024:.1f} GiB | "
                 f"{q['load_start']:.1f}-{q['load_end']:.1f}")
 
     if "prepare" in r:
@@ -634,7 +637,7 @@ def markdown(results: dict, args) -> str:
         cpu = f" ({hms(x['build_cpu_s'] * x['growth'])})" if "build_cpu_s" in x else ""
         lines.append(f"| Chroma index (HNSW, on disk) | {proc('index')} | {x['indexed'] / x['build_s']:.0f} items/s; "
                      f"recall@100 {x['recall@100']:.3f} | **{hms(x['whole_catalogue_build_s'])}{cpu}**, "
-                     f"{x['whole_catalogue_disk_mib'] / 1024:.1f} GB on disk, extrapolated (n log n) | "
+                     f"{x['whole_catalogue_disk_mib'] / 1024:.1f} GiB on disk, extrapolated (n log n) | "
                      f"{x['indexed']:,} items |")
     for step in TRAIN_RUNS:
         if step not in r:
@@ -717,18 +720,18 @@ def markdown(results: dict, args) -> str:
                   f"compare's training defaults (at most {q['sizes']['quality_epochs']} epochs, patience 2, Adam lr "
                   "0.005 x0.2 every 3 epochs, weight decay 0, d = 64, bf16 steps), epoch selected on validation "
                   f"Recall@100, test ranked once against every item ({q['test_sessions']:,} sessions). Metrics in %; "
-                  "the difference is paired over the same test sessions, with its 95% bootstrap interval.", "",
+                  "the difference is paired over the same test sessions, with its 95% bootstrap interval."
+                  + (" Rows marked *same steps*: at most 32 epochs, x0.2 every 12, patience 8 (batch 1024 then gets "
+                     "as many steps at each learning rate as batch 256 does with the defaults)."
+                     if any("same steps" in row["label"] for row in q["rows"]) else ""), "",
                   "| run | best epoch (of) | train wall | samples/CPU-s | test R@20 | test MRR@20 | test R@100 | "
                   "R@20 - baseline [95%] | MRR@20 - baseline [95%] | baseline |",
                   "|---|---|---:|---:|---:|---:|---:|---|---|---|"]
         for row in q["rows"]:
-            diff = row.get("difference")
-            cell = (lambda m: f"{100 * diff[m]['point']:+.2f} [{100 * diff[m]['lo']:+.2f}, {100 * diff[m]['hi']:+.2f}]"
-                    ) if diff else (lambda m: "-")
             lines.append(f"| {row['label']} | {row['best_epoch']} ({row['epochs']}) | {hms(row['train_wall_s'])} | "
                          f"{row['samples_per_cpu_s']:,.0f} | {pct(row['test']['recall@20'])} | "
-                         f"{pct(row['test']['mrr@20'])} | {pct(row['test']['recall@100'])} | {cell('recall@20')} | "
-                         f"{cell('mrr@20')} | {row.get('versus', '(baseline)')} |")
+                         f"{pct(row['test']['mrr@20'])} | {pct(row['test']['recall@100'])} | {interval(row.get('difference'), 'recall@20')} | "
+                         f"{interval(row.get('difference'), 'mrr@20')} | {row.get('versus', '(baseline)')} |")
         if "seed_averaged" in q:
             seeds = len({row["seed"] for row in q["rows"]})
             lines += ["", f"Averaged over the {seeds} training seeds (each session's metric averaged over the seeds, "
