@@ -10,13 +10,16 @@ NaN and infinite entries.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
+from agentrec.core import native
 from agentrec.core.errors import UsageError
 from agentrec.core.metrics import rank_samples
 from agentrec.core.ranking import ExactScores, _Product, rank_products
@@ -29,6 +32,15 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 PRECISIONS = ("fp32", "bf16")
 
 
+def left_to_right(items64: np.ndarray, query64: np.ndarray) -> np.ndarray:
+    """``R``'s definition: ``s = q_0 e_0``, then ``s += q_k e_k`` for k = 1 .. d-1, in float64, per item."""
+    products = items64 * query64
+    total = products[:, 0].copy()
+    for k in range(1, products.shape[1]):
+        total += products[:, k]
+    return total
+
+
 def reference_ranks(queries, table, targets, histories=None) -> np.ndarray:
     """Brute force: float64 scores of every item, ``#{j : not R_j < R_t}``; inf for a target in the history."""
     q64 = np.asarray(queries, np.float32).astype(np.float64)
@@ -37,7 +49,7 @@ def reference_ranks(queries, table, targets, histories=None) -> np.ndarray:
     ranks = []
     with np.errstate(invalid="ignore", over="ignore"):
         for b, target in enumerate(targets):
-            scores = np.einsum("ij,j->i", t64[1:], q64[b])  # the kernel ExactScores uses
+            scores = left_to_right(t64[1:], q64[b])
             keep = np.ones(n, bool)
             if histories is not None:
                 if target in histories[b]:
@@ -161,6 +173,95 @@ def test_exact_scores_do_not_depend_on_the_batch():
         np.testing.assert_array_equal(exact.row(q64[row], items[mine][::-1]), together[mine][::-1])
 
 
+def needs_native():
+    """The C loops (``_scan.c``), built here; a machine without a C compiler skips, any other failure fails."""
+    if native.scan_bf16() is None:
+        if shutil.which("cc") or shutil.which("gcc"):
+            pytest.fail("a C compiler is installed, but agentrec.core.native could not build _scan.c")
+        pytest.skip("no C compiler: ranking uses its numpy path")
+
+
+@pytest.mark.parametrize("d", [1, 7, 64, 100])
+def test_exact_scores_sum_left_to_right_in_c_and_in_numpy(d, monkeypatch):
+    needs_native()
+    rng = np.random.default_rng(d)
+    table = rng.standard_normal((300, d)).astype(np.float32) * rng.uniform(1e-3, 1e3, (300, 1)).astype(np.float32)
+    table[3, 0], table[4, d - 1], table[5] = np.nan, np.inf, 0.0
+    q64 = rng.standard_normal((11, d)).astype(np.float32).astype(np.float64)
+    rows, items = rng.integers(0, 11, 4000), rng.integers(0, 300, 4000)
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = np.array([left_to_right(table[i : i + 1].astype(np.float64), q64[r])[0] for r, i in zip(rows, items)])
+        in_c = ExactScores(table).pairs(q64, rows, items)
+        monkeypatch.setenv("AGENTREC_NATIVE", "0")
+        exact = ExactScores(table, step=100)
+        assert exact.kernel is None
+        in_numpy = exact.pairs(q64, rows, items)
+    np.testing.assert_array_equal(in_c, want)  # bit for bit, NaN where NaN
+    np.testing.assert_array_equal(in_numpy, want)
+
+
+@pytest.mark.parametrize("seed, d", [(5, 16), (6, 100)])
+def test_the_c_scan_and_numpy_give_the_same_ranks(seed, d, monkeypatch):
+    needs_native()
+    table, queries, targets, histories = near_ties(seed, d=d, normalise=d == 100)
+    want = reference_ranks(queries, table, targets, histories)
+    for threads in (1, 2):
+        got = ranked(table, queries, targets, histories, precision="bf16", exclude_history=True, threads=threads)
+        np.testing.assert_array_equal(got.ranks, want, err_msg=f"C, {threads} threads")
+    monkeypatch.setenv("AGENTREC_NATIVE", "0")
+    got = ranked(table, queries, targets, histories, precision="bf16", exclude_history=True)
+    np.testing.assert_array_equal(got.ranks, want, err_msg="numpy")
+
+
+def test_a_full_band_buffer_and_too_wide_bands_keep_the_ranks(monkeypatch):
+    """The C scan's band buffer fills up (the call returns early, the next goes on from that row), and bands
+    wider than ``wide`` send their rows to the fp32 product: the ranks stay exact."""
+    needs_native()
+    from agentrec.core import ranking
+
+    table, queries, targets, histories = near_ties(7, d=16)
+    want = reference_ranks(queries, table, targets)
+    calls = []
+    kernel = native.scan_bf16()
+
+    def counted(*args):
+        calls.append(args[4:6])  # (first, n)
+        return kernel(*args)
+
+    original = ranking._Ranker.__init__
+
+    def narrow(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.wide = 6  # rows with more than 6 items in their band: again in fp32
+        for scanner in self.scanners:
+            scanner.band = np.empty(self.wide + 1, np.int32)  # room for one band at a time
+
+    monkeypatch.setattr(ranking.native, "scan_bf16", lambda: counted)
+    monkeypatch.setattr(ranking._Ranker, "__init__", narrow)
+    got = ranked(table, queries, targets, histories, precision="bf16")
+    np.testing.assert_array_equal(got.ranks, want)
+    assert any(first > 0 for first, _ in calls)  # some calls went on from where a full buffer stopped
+    assert got.extra["fp32_rows"] > 0
+
+
+def test_without_a_compiler_ranking_warns_once_and_uses_numpy(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("AGENTREC_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    monkeypatch.setattr(native.shutil, "which", lambda name: "/bin/false" if name == "false" else None)
+    native._load.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="agentrec.core.native"):
+            table, queries, targets, histories = near_ties(8, d=16)
+            got = ranked(table, queries, targets, histories, precision="bf16")
+            ranked(table, queries, targets, histories, precision="bf16")
+        np.testing.assert_array_equal(got.ranks, reference_ranks(queries, table, targets))
+        warnings = [r for r in caplog.records if "could not be compiled" in r.getMessage()]
+        assert len(warnings) == 1 and "AGENTREC_NATIVE=0" in warnings[0].getMessage()
+        assert not list((tmp_path / "native").glob("*.so"))
+    finally:
+        native._load.cache_clear()
+
+
 def test_nan_and_infinity_keep_the_protocol():
     """As ``rank_samples`` on the fp32 scores: a NaN item counts against the model, a NaN target ranks last."""
     rng = np.random.default_rng(5)
@@ -241,8 +342,9 @@ def test_every_model_scores_as_a_product_and_ranks_the_same_three_ways():
 
 
 def test_a_model_whose_rule_is_not_a_product_is_ranked_from_its_scores():
-    from agentrec.training.runs import evaluate_model
     from test_models_contract import cycle_dataset
+
+    from agentrec.training.runs import evaluate_model
 
     ds = cycle_dataset(n_items=12, n_train=50)
     pop = Popularity(ds.n_items).fit(ds.train)

@@ -11,7 +11,8 @@ gives a (session, item) pair a different last bit depending on how many sessions
 call (measured; a one-row call takes another kernel still), so today's fp32 ranks already change at
 fp32 near-ties with the chunk size. Here the score that decides a rank is pinned down: ``R(q, e)``, the
 dot product of the fp32 vectors evaluated in float64 (each product ``q_k e_k`` is exact in float64;
-the sum has a fixed order, so the same pair always gets the same value, whatever chunk it is in). The
+the sum runs left to right, ``k = 0 .. d-1``, so the same pair always gets the same value, whatever chunk
+it is in and whether numpy or C computes it). The
 rank of target ``t`` is ``#{j in 1..n : not R(q, e_j) < R(q, e_t)}``: ties and NaN count against the
 model, as everywhere. Both precisions compute exactly this number; they only differ in how much of the
 catalogue must be re-scored in float64 to decide it.
@@ -72,13 +73,16 @@ as today); a session whose query norm or target score is beyond ``2^50`` / ``2^1
 float64. As a run-time check of the arithmetic model, each target's own product value must fall inside
 its band; a violation raises rather than returning a wrong rank.
 
-**Counting.** The product is the only pass over the ``(B, n)`` matrix that does arithmetic. Rows are
-compared with their ``lo`` a block at a time (a block's boolean mask fills ~2 MB; bf16 values are compared
-as 16-bit integers, which order like the floats for a fixed sign, and centring makes every ``lo``
-negative and every ``hi`` positive); the candidates of the block are found through its non-zero 8-byte
-words, checked against ``hi`` from their own values, and the band left is re-scored in float64 in one
-call. A row with thousands of candidates (a deep target) is compared with ``hi`` over the row instead.
-Blocks are spread over ``threads`` threads; numpy releases the GIL in these calls.
+**Counting.** The product is the only pass over the ``(B, n)`` matrix that does arithmetic. In bf16 the
+rest is done by two C loops (``_scan.c``, compiled on first use by :mod:`agentrec.core.native`): one pass per
+row counts the values at or above ``hi`` and lists the band's columns, and the band is scored in float64
+(``R`` as defined above, with the next items' rows prefetched). Without a C compiler (or with
+``AGENTREC_NATIVE=0``) numpy does the same: rows are compared with their ``lo`` a block at a time (bf16
+values as 16-bit integers, which order like the floats for a fixed sign; centring makes every ``lo``
+negative and every ``hi`` positive), the candidates of the block are found through its non-zero 8-byte
+words and checked against ``hi`` from their own values, and a row with thousands of candidates (a deep
+target) is compared with ``hi`` over the row instead. Both give the same ranks. fp32 products are counted
+by numpy. Rows are spread over ``threads`` threads; numpy and the C loops release the GIL.
 """
 
 from __future__ import annotations
@@ -90,7 +94,13 @@ from typing import Callable
 
 import numpy as np
 
-from agentrec.core.metrics import DEFAULT_KS, RankingResult, _progress, metrics_from_ranks
+from agentrec.core import native
+from agentrec.core.metrics import (
+    DEFAULT_KS,
+    RankingResult,
+    _progress,
+    metrics_from_ranks,
+)
 
 PRECISIONS = ("fp32", "bf16")
 U32 = 2.0**-24  # unit roundoff of fp32
@@ -123,41 +133,46 @@ def product_rows(n_items: int, bytes_per_score: int, memory_budget_mb: float) ->
 class ExactScores:
     """``R(q, e_j)``: fp32 vectors' dot products in float64, the same value for a pair in any batch.
 
-    Each product of two fp32 numbers is exact in float64, and numpy's einsum sums the ``d`` products of a
-    pair with one contiguous-operands kernel whose order depends on ``d`` alone, so a pair's value does
-    not depend on its batch, its position in it, or whether the query is shared (``row``) or not
-    (``pairs``); ``tests/test_ranking.py`` checks that. Not thread-safe: one instance per thread.
+    The sum runs left to right: ``s = q_0 e_0``, then ``s = s + q_k e_k`` for ``k = 1 .. d-1``. Each product
+    of two fp32 numbers is exact in float64, so that order alone fixes the value: it does not depend on the
+    batch, the position in it, whether the query is shared (``row``) or not (``pairs``), or whether the C loop
+    of ``_scan.c`` (:func:`agentrec.core.native.exact_pairs`, used when it could be built) or numpy computes it;
+    ``tests/test_ranking.py`` checks all of that. Not thread-safe: one instance per thread.
     """
 
     def __init__(self, table: np.ndarray, step: int = EXACT_STEP):
-        self.table = table  # (N + 1, d) float32, the model's own values (non-finite rows included)
+        self.table = np.ascontiguousarray(table, np.float32)  # (N + 1, d), the model's values (non-finite rows too)
         d = table.shape[1]
         self.step = step
+        self.kernel = native.exact_pairs()
         self._g32 = np.empty((step, d), np.float32)
-        self._g64 = np.empty((step, d), np.float64)
-        self._h64 = np.empty((step, d), np.float64)
+        self._products = np.empty((d, step), np.float64)  # numpy's path: (d, m), summed over its rows in order
 
     def row(self, q64: np.ndarray, items: np.ndarray) -> np.ndarray:
         """``(m,)`` float64 scores of one ``(d,)`` float64 query against ``items``."""
-        out = np.empty(len(items), np.float64)
-        for s in range(0, len(items), self.step):
-            m = min(self.step, len(items) - s)
-            g32, g64 = self._g32[:m], self._g64[:m]
-            np.take(self.table, items[s : s + m], axis=0, out=g32)
-            np.copyto(g64, g32)
-            np.einsum("ij,j->i", g64, q64, out=out[s : s + m])
-        return out
+        return self.pairs(np.asarray(q64, np.float64)[None, :], np.zeros(len(items), np.int64), items)
 
     def pairs(self, q64: np.ndarray, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
         """``(P,)`` float64 scores of ``q64[rows[p]]`` against ``items[p]``."""
+        q64 = np.ascontiguousarray(q64, np.float64)
+        rows, items = np.ascontiguousarray(rows, np.int64), np.ascontiguousarray(items, np.int64)
         out = np.empty(len(items), np.float64)
+        d = self.table.shape[1]
+        if self.kernel is not None:
+            self.kernel(self.table.ctypes.data, d, q64.ctypes.data, q64.shape[1], rows.ctypes.data, items.ctypes.data,
+                        len(items), out.ctypes.data)
+            return out
         for s in range(0, len(items), self.step):
             m = min(self.step, len(items) - s)
-            g32, g64, h64 = self._g32[:m], self._g64[:m], self._h64[:m]
+            g32, products, total = self._g32[:m], self._products[:, :m], out[s : s + m]
             np.take(self.table, items[s : s + m], axis=0, out=g32)
-            np.copyto(g64, g32)
-            np.take(q64, rows[s : s + m], axis=0, out=h64)
-            np.einsum("ij,ij->i", g64, h64, out=out[s : s + m])
+            np.multiply(g32.T, q64[rows[s : s + m]].T, out=products)  # exact: fp32 times fp32, in float64
+            if d == 0:
+                total[:] = 0.0
+                continue
+            total[:] = products[0]
+            for k in range(1, d):
+                total += products[k]
         return out
 
 
@@ -344,6 +359,24 @@ class _Product:
 
 
 # --------------------------------------------------------------------------------------------- scanning
+def _bf16_keys(bits: np.ndarray) -> np.ndarray:
+    """16-bit keys of bf16 thresholds (as :meth:`_Product.ge_rows` takes them) that order like the values,
+    as ``_scan.c`` keys the buffer: ``x >= t`` exactly when ``key(x) >= key(t)``, with ge_rows' treatment of
+    zero (``+0`` as ``-0``: both ``-0`` and ``+0`` are at or above it) and of NaN."""
+    bits = np.asarray(bits, np.uint16)
+    t = np.where((bits > 0) & (bits < 0x8000), bits, np.maximum(bits, np.uint16(0x8000))).astype(np.uint16)
+    return t ^ ((t.view(np.int16) >> 15).view(np.uint16) | np.uint16(0x8000))
+
+
+def _true_bytes(mask: np.ndarray) -> np.ndarray:
+    """``np.flatnonzero(mask)`` for a bool array of whole 8-byte words with few True: found through its non-zero
+    words, an eighth of the array to search."""
+    words = mask.view(np.uint64)
+    nonzero = np.flatnonzero(words)
+    inside = np.flatnonzero(words[nonzero].view(bool))
+    return nonzero[inside >> 3] * 8 + (inside & 7)
+
+
 class _Scanner:
     """Per thread: count each row's sure-above items and decide its band in float64, a block of rows at once."""
 
@@ -352,8 +385,9 @@ class _Scanner:
         self.width = width
         self.block = int(max(1, min(256, 2**21 // width)))  # rows whose comparison mask fills ~2 MB (an L2 cache)
         self.mask = np.empty((self.block, width), bool)
-        self.mask2 = np.empty(width, bool)
+        self.mask2 = np.zeros(-(-width // 8) * 8, bool)  # one row, whole 8-byte words (the tail stays False)
         self.words = np.empty(self.block * width // 8 + 1, bool)
+        self.band = np.empty(1 << 20, np.int32)  # the C scan's band columns (grown to `wide` + 1 when needed)
 
     def rows(self, product: _Product, views, rows, lo, hi, q64, targets, extra, *, wide: int):
         """Ranks of ``rows`` (buffer row indices); a row whose band holds more than ``wide`` items gets -1.
@@ -364,6 +398,9 @@ class _Scanner:
         with the targets, and compared with the target's score. Returns ``(ranks, rescored)``: the ranks
         (float64) and how many pairs were scored in float64.
         """
+        kernel = native.scan_bf16() if product.precision == "bf16" else None
+        if kernel is not None:
+            return self._scanned(kernel, views, rows, lo, hi, q64, targets, extra, wide=wide)
         ranks = np.empty(len(rows), np.float64)
         rescored = 0
         done = 0
@@ -376,31 +413,71 @@ class _Scanner:
                 rescored += count
         return ranks, rescored
 
+    def _scanned(self, kernel, views, rows, lo, hi, q64, targets, extra, *, wide):
+        """:meth:`rows` for a bf16 buffer through the C scan (``_scan.c``): one pass per row counts the sure-above
+        values and lists the band, which is then scored in float64 as in :meth:`_block`."""
+        buffer = views[1]  # (B, width) uint16
+        rows = np.ascontiguousarray(rows, np.int64)
+        n = len(rows)
+        lo_key, hi_key = _bf16_keys(lo[rows]), _bf16_keys(hi[rows])
+        above, start, count = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
+        if len(self.band) <= wide:  # room for the longest band kept, so that every call finishes a row
+            self.band = np.empty(wide + 1, np.int32)
+        ranks = np.empty(n, np.float64)
+        rescored = done = 0
+        while done < n:
+            stop = kernel(buffer.ctypes.data, buffer.strides[0] // 2, self.width, rows.ctypes.data, done, n,
+                          lo_key.ctypes.data, hi_key.ctypes.data, wide, above.ctypes.data, start.ctypes.data,
+                          count.ctypes.data, self.band.ctypes.data, len(self.band))
+            if stop <= done:
+                raise RuntimeError("the bf16 scan made no progress")  # cannot happen: the band holds `wide` + 1
+            part = np.arange(done, stop)
+            ranks[part[count[part] < 0]] = -1.0  # bands too wide: these rows again in fp32
+            kept = part[count[part] >= 0]
+            # the kept bands lie one after another at the start of `band`; then each row's items outside the
+            # product; then each row's target, last: the reference, scored in the same call
+            which = [np.repeat(np.arange(len(kept)), count[kept])]
+            items = [self.band[: int(count[kept].sum())].astype(np.int64)]
+            if extra is not None:
+                for j, i in enumerate(rows[kept]):
+                    if len(extra[i]):
+                        which.append(np.full(len(extra[i]), j))
+                        items.append(extra[i])
+            which.append(np.arange(len(kept)))
+            items.append(targets[rows[kept]])
+            which, items = np.concatenate(which), np.concatenate(items)
+            scores = self.exact.pairs(q64, rows[kept][which], items)
+            m = len(scores) - len(kept)
+            reference = scores[m:]
+            not_below = np.bincount(which[:m], weights=~(scores[:m] < reference[which[:m]]), minlength=len(kept))
+            ranks[kept] = above[kept] + not_below
+            rescored += m
+            done = stop
+        return ranks, rescored
+
     def _block(self, product, views, part, lo, hi, q64, targets, extra, *, wide):
         k, width = len(part), self.width  # part: consecutive buffer rows
         mask = self.mask[:k]
         product.ge_rows(views, part[0], lo[part], mask)
         ranks = np.zeros(k, np.float64)
-        # which 8-byte words of the block's mask hold a candidate; a row with many is deep
+        # the 8-byte words of the block's mask that hold a candidate (an eighth of the mask: cheap to search);
+        # a row with many is deep
         flat = mask.reshape(-1)
         whole = len(flat) // 8 * 8
-        nonzero_words = np.not_equal(flat[:whole].view(np.uint64), 0, out=self.words[: whole // 8])
+        words = np.flatnonzero(np.not_equal(flat[:whole].view(np.uint64), 0, out=self.words[: whole // 8]))
         bounds = np.minimum(np.arange(k + 1) * width // 8, whole // 8)
-        per_row = np.add.reduceat(nonzero_words, bounds[:-1], dtype=np.int64) if whole else np.zeros(k, np.int64)
-        per_row[bounds[:-1] >= bounds[1:]] = 0  # reduceat's empty ranges
+        per_row = np.diff(np.searchsorted(words, bounds))
         deep = np.flatnonzero(per_row > FEW // 2)
         is_deep = np.zeros(k, bool)
         is_deep[deep] = True
         rescored = 0
         for j in deep:  # a deep target: count the sure-above items over the row, score its band on its own
             i = part[j]
-            product.ge_rows(views, i, hi[i : i + 1], self.mask2[None])
-            above = int(np.count_nonzero(self.mask2))
-            np.greater(mask[j], self.mask2, out=self.mask2)  # candidates that are not sure-above
-            band = np.flatnonzero(self.mask2)
-            mask[j] = False  # settled: the block's extraction below skips it
-            lo_word, hi_word = bounds[j], min(bounds[j + 1] + 1, whole // 8)
-            np.not_equal(flat[lo_word * 8 : hi_word * 8].view(np.uint64), 0, out=nonzero_words[lo_word:hi_word])
+            row_mask = self.mask2[:width]
+            product.ge_rows(views, i, hi[i : i + 1], row_mask[None])
+            above = int(np.count_nonzero(row_mask))
+            np.greater(mask[j], row_mask, out=row_mask)  # candidates that are not sure-above
+            band = _true_bytes(self.mask2)
             if len(band) > wide:
                 ranks[j] = -1.0
                 continue
@@ -408,12 +485,18 @@ class _Scanner:
             scores = self.exact.row(q64[i], np.concatenate([band, more, targets[i : i + 1]]))  # the target last
             ranks[j] = above + _not_below(scores[:-1], scores[-1])
             rescored += len(scores) - 1
-        # the other rows' candidates: the bytes of the non-zero words (few: cheap to find)
-        inside = np.flatnonzero(flat[:whole].reshape(-1, 8).take(np.flatnonzero(nonzero_words), axis=0).ravel())
-        where = np.flatnonzero(nonzero_words)[inside >> 3] * 8 + (inside & 7)
+        if len(deep):  # the deep rows are settled: drop the words that lie wholly inside one
+            first, last = words * 8 // width, (words * 8 + 7) // width
+            words = words[~(is_deep[first] & is_deep[np.minimum(last, k - 1)])]
+        # the other rows' candidates: the bytes of those words (few), then the tail that is not a whole word
+        inside = np.flatnonzero(flat[:whole].view(np.uint64)[words].view(bool))
+        where = words[inside >> 3] * 8 + (inside & 7)
         if whole < len(flat):
             where = np.concatenate([where, whole + np.flatnonzero(flat[whole:])])
-        row = np.repeat(np.arange(k), np.diff(np.searchsorted(where, np.arange(k + 1) * width)))
+        row = where // width
+        if len(deep):
+            keep = ~is_deep[row]
+            where, row = where[keep], row[keep]
         items = where - row * width
         # sure-above among them, from their own values
         at = part[row]

@@ -1,0 +1,113 @@
+/* The two loops of full-catalogue ranking that numpy does slowly (agentrec.core.ranking; loaded by
+ * agentrec.core.native, which compiles this file once per machine with -O3 -march=native).
+ *
+ * scan_bf16: one pass over a bf16 product buffer. Per row, count the values at or above `hi` and list the
+ * columns of the values in [lo, hi) (the band, which is then scored in float64). bf16 values are compared
+ * through a 16-bit key that orders like the values: a positive bit pattern gets 0x8000 added, a negative one
+ * is inverted (0xFFFF - b), so -inf < ... < -0 < +0 < ... < +inf, and a NaN sorts beyond the infinity of its
+ * sign, as the numpy path compares the bits. `lo_key` and `hi_key` are keys of the thresholds.
+ *
+ * exact_pairs: R(q, e), the float64 dot product of an fp32 item vector with a float64 query (an fp32 query
+ * widened), summed left to right: s = q0 e0, then s = s + qk ek for k = 1 .. d-1. Each product is exact in
+ * float64 (24 + 24 significant bits), so the value is fixed by that order alone: the same in numpy
+ * (ranking.ExactScores), with or without fused multiply-adds, in any batch.
+ */
+#include <stdint.h>
+#if defined(__AVX512BW__)
+#include <immintrin.h>
+#endif
+
+static inline uint16_t key_of(uint16_t b) {
+    return b ^ (uint16_t)((uint16_t)((int16_t)b >> 15) | 0x8000u);
+}
+
+/* The rows row_index[first..n) of the buffer (row r starts at buf + r * stride, `width` values). For the row at
+ * position i: above[i] = #{key >= hi_key[i]}; the columns with lo_key[i] <= key < hi_key[i] (its band) are
+ * appended to `band` (room for `cap`): band[band_start[i] .. band_start[i] + band_count[i]). A band longer
+ * than `wide` is not kept: band_count[i] = -1 (and above[i] = 0). Returns the first position not done: n when
+ * all are, less when `band` is full (the caller takes what is done and calls again from there; cap > wide
+ * ensures that each call finishes at least one row). */
+int64_t scan_bf16(const uint16_t *buf, int64_t stride, int64_t width, const int64_t *row_index, int64_t first,
+                  int64_t n, const uint16_t *lo_key, const uint16_t *hi_key, int64_t wide, int64_t *above,
+                  int64_t *band_start, int64_t *band_count, int32_t *band, int64_t cap) {
+    int64_t used = 0;
+    for (int64_t i = first; i < n; i++) {
+        const uint16_t *row = buf + row_index[i] * stride;
+        const uint16_t lo = lo_key[i], hi = hi_key[i];
+        const uint16_t span = (uint16_t)(hi - lo); /* in the band: (uint16_t)(key - lo) < span (lo <= hi) */
+        const int64_t start = used;
+        int64_t count = 0, s = 0;
+        int over = 0;
+#if defined(__AVX512BW__)
+        const __m512i sign = _mm512_set1_epi16((short)0x8000), lo_v = _mm512_set1_epi16((short)lo);
+        const __m512i hi_v = _mm512_set1_epi16((short)hi), span_v = _mm512_set1_epi16((short)span);
+        for (; s + 32 <= width && !over; s += 32) {
+            const __m512i b = _mm512_loadu_si512((const void *)(row + s));
+            const __m512i k = _mm512_xor_si512(b, _mm512_or_si512(_mm512_srai_epi16(b, 15), sign));
+            count += __builtin_popcount((uint32_t)_mm512_cmpge_epu16_mask(k, hi_v));
+            uint32_t hits = (uint32_t)_mm512_cmplt_epu16_mask(_mm512_sub_epi16(k, lo_v), span_v);
+            while (hits) {
+                if (used - start == wide) { over = 1; break; }
+                if (used == cap) return i;
+                band[used++] = (int32_t)(s + __builtin_ctz(hits));
+                hits &= hits - 1;
+            }
+        }
+#endif
+        for (; s < width && !over; s++) {
+            const uint16_t k = key_of(row[s]);
+            count += k >= hi;
+            if ((uint16_t)(k - lo) < span) {
+                if (used - start == wide) { over = 1; break; }
+                if (used == cap) return i;
+                band[used++] = (int32_t)s;
+            }
+        }
+        above[i] = over ? 0 : count;
+        band_start[i] = start;
+        band_count[i] = over ? -1 : used - start;
+        if (over) used = start;
+    }
+    return n;
+}
+
+#define LANES 8  /* pairs summed side by side: independent chains of additions */
+#define AHEAD 32 /* pairs ahead whose item rows are prefetched (a gather from a large table waits on memory) */
+
+/* out[p] = R(q[rows[p]], table[items[p]]) for p < n; q is (., d) float64 with `q_stride` values per row, table
+ * (., d) fp32. */
+void exact_pairs(const float *table, int64_t d, const double *q, int64_t q_stride, const int64_t *rows,
+                 const int64_t *items, int64_t n, double *out) {
+    int64_t p = 0;
+    if (d < 1) {
+        for (; p < n; p++) out[p] = 0.0;
+        return;
+    }
+    const int64_t row_bytes = d * (int64_t)sizeof(float);
+    for (; p + LANES <= n; p += LANES) {
+        /* the item rows of the pairs AHEAD further on: their cache lines are on their way while these sum */
+        if (p + AHEAD + LANES <= n)
+            for (int l = 0; l < LANES; l++) {
+                const char *next = (const char *)(table + items[p + AHEAD + l] * d);
+                for (int64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(next + b, 0, 0);
+            }
+        const float *e[LANES];
+        const double *x[LANES];
+        double s[LANES];
+        for (int l = 0; l < LANES; l++) {
+            e[l] = table + items[p + l] * d;
+            x[l] = q + rows[p + l] * q_stride;
+            s[l] = x[l][0] * (double)e[l][0];
+        }
+        for (int64_t k = 1; k < d; k++)
+            for (int l = 0; l < LANES; l++) s[l] += x[l][k] * (double)e[l][k];
+        for (int l = 0; l < LANES; l++) out[p + l] = s[l];
+    }
+    for (; p < n; p++) {
+        const float *e = table + items[p] * d;
+        const double *x = q + rows[p] * q_stride;
+        double s = x[0] * (double)e[0];
+        for (int64_t k = 1; k < d; k++) s += x[k] * (double)e[k];
+        out[p] = s;
+    }
+}
