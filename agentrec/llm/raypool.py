@@ -578,15 +578,47 @@ def sweep_stale() -> int:
     return len(stale)
 
 
+def _family(token: str) -> dict[int, str]:
+    """The cluster's processes (pid -> start time): those that carry ``token`` and every process descended from
+    one. Descent matters: a process can lose the token from /proc/PID/environ (a process title written over
+    that memory, as Ray's agents set theirs); it cannot change its parent while that parent lives."""
+    children: dict[int, list[int]] = {}
+    started: dict[int, str] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        pid = int(entry.name)
+        children.setdefault(int(fields[1]), []).append(pid)
+        started[pid] = fields[19]
+    found = {}
+    stack = list(cluster_processes(token))
+    while stack:
+        pid = stack.pop()
+        if pid in found or pid not in started or pid == os.getpid():
+            continue
+        found[pid] = started[pid]
+        stack.extend(children.get(pid, ()))
+    return found
+
+
 def reap(token: str) -> None:
-    """The watcher: wait until the driver closes its end of stdin or is gone, then kill what carries ``token``.
+    """The watcher: wait until the driver closes its end of stdin or is gone, then kill the cluster's processes.
 
     Both signs are watched: the pipe's end (a normal close, or the kernel closing it for a dead driver) and the
-    driver's pid with its start time (should anything have inherited the pipe). After a driver's death it sweeps
-    for a few seconds, so that a process still being started then is caught too.
+    driver's pid with its start time (should anything have inherited the pipe). While the driver lives, the
+    cluster's processes (:func:`_family`) are noted every second, so that one whose parent dies first (and
+    whose environment no longer shows the token) is still known. After a driver's death it sweeps for a few
+    seconds, so that a process still being started then is caught too.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C meant for the driver must not stop the sweep
+    known: dict[int, str] = {}
+    noted = 0.0
     while _owner_alive(token):
+        if time.monotonic() - noted >= 1.0:  # a /proc walk: a few milliseconds
+            known.update(_family(token))
+            noted = time.monotonic()
         try:
             ready, _, _ = select.select([sys.stdin], [], [], 0.5)
             if ready and not os.read(sys.stdin.fileno(), 4096):
@@ -595,7 +627,10 @@ def reap(token: str) -> None:
             break
     deadline = time.monotonic() + (0.0 if _owner_alive(token) else 5.0)
     while True:
-        kill_processes(cluster_processes(token))
+        family = _family(token)
+        known.update(family)
+        # a noted process still running under the same start time (not a new one that reuses its pid)
+        kill_processes([pid for pid, start in known.items() if _start_time(pid) == start])
         if time.monotonic() >= deadline:
             break
         time.sleep(0.5)
