@@ -15,8 +15,9 @@ The setting is NISER's scoring: unit item vectors and sigma (16) times a unit se
 * ``untrained``: random session vectors (an initialised model: targets in the dense middle of the
   score distribution, the hardest case for bf16, whose near-ties are many).
 
-It also runs today's path (``rank_samples`` over fp32 score chunks) once per setting, counts ranks that
-differ, and with ``--run`` checks a real trained run: its test ranks from the model's scores, the fp32
+It also runs, once per setting, the bf16 ranking without its C loops (``AGENTREC_NATIVE=0``: numpy's passes,
+as on a machine without a C compiler) and today's path (``rank_samples`` over fp32 score chunks), counts ranks
+that differ, and with ``--run`` checks a real trained run: its test ranks from the model's scores, the fp32
 product and the bf16 product must be equal.
 
     python benchmarks/eval_speed.py --out benchmarks/results/eval_speed.md --run /tmp/h15/niser
@@ -51,20 +52,38 @@ def session_vectors(table, targets, kind: str, seed: int):
 
 
 def bare_product_rate(rows: int, table, dtype, repeats: int) -> float:
-    """GFLOP/s of (rows x d) @ (d x width) into a preallocated buffer, median of ``repeats``."""
+    """GFLOP/s of (rows x d) @ (d x width), median of ``repeats``: the better of two layouts, the whole width into
+    one preallocated buffer, and a block of columns at a time into a small one (as bf16 ranking computes it;
+    its output stays in the cache, which makes the product itself faster on a large catalogue)."""
     import torch
+
+    from agentrec.core.ranking import BLOCK_BYTES, MIN_COLUMNS
 
     width, d = table.shape
     left = torch.randn(rows, d).to(dtype)
     right = table.to(dtype).t()
     out = torch.empty(rows, width, dtype=dtype)
-    torch.matmul(left, right, out=out)  # warm-up: oneDNN builds its kernel on first use
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
+    columns = max(MIN_COLUMNS, BLOCK_BYTES // (2 * rows))
+    block = torch.empty(rows * columns, dtype=dtype)
+
+    def whole():
         torch.matmul(left, right, out=out)
-        times.append(time.perf_counter() - started)
-    return 2 * rows * d * width / statistics.median(times) / 1e9
+
+    def blocked():
+        for first in range(0, width, columns):
+            last = min(width, first + columns)
+            torch.matmul(left, right[:, first:last], out=block[: rows * (last - first)].view(rows, last - first))
+
+    rates = []
+    for product in (whole, blocked):
+        product()  # warm-up: oneDNN builds its kernel on first use
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            product()
+            times.append(time.perf_counter() - started)
+        rates.append(2 * rows * d * width / statistics.median(times) / 1e9)
+    return max(rates)
 
 
 def run_setting(n_sessions: int, n_items: int, d: int, kind: str, threads: int, args) -> dict:
@@ -95,6 +114,13 @@ def run_setting(n_sessions: int, n_items: int, d: int, kind: str, threads: int, 
             record["rate"].append(flop / result.seconds)
             record["ratio"].append(flop / result.seconds / limit)
             record["extra"], record["ranks"], record["recall"] = result.extra, result.ranks, result.metrics["recall@20"]
+    # the bf16 path without the C loops (numpy's passes, as on a machine without a C compiler), once
+    os.environ["AGENTREC_NATIVE"] = "0"
+    try:
+        numpy_path = rank_products(chunk, table, samples, n_items, precision="bf16", threads=threads,
+                                   memory_budget_mb=args.memory_mb)
+    finally:
+        del os.environ["AGENTREC_NATIVE"]
     started = time.perf_counter()
     today = rank_samples(lambda index: chunk(index) @ table.t(), samples, n_items, memory_budget_mb=args.memory_mb)
     today_rate = flop / (time.perf_counter() - started)
@@ -102,6 +128,7 @@ def run_setting(n_sessions: int, n_items: int, d: int, kind: str, threads: int, 
     return {
         "shape": f"{n_sessions:,} x {n_items + 1:,} x {d}", "kind": kind, "threads": threads,
         "sessions": n_sessions, "flop": flop, "out": out, "today_rate": today_rate,
+        "numpy_rate": flop / numpy_path.seconds, "numpy_identical": bool(np.array_equal(exact, numpy_path.ranks)),
         "identical": bool(np.array_equal(exact, out["bf16"]["ranks"])),
         "today_differs": int((today.ranks != exact).sum()),
     }
@@ -133,14 +160,17 @@ def median(values) -> float:
 def markdown(settings: list[dict], real: list[dict], args, load: tuple, seconds: float) -> str:
     import torch
 
+    from agentrec.core import native
+
     lines = [
         f"# Full-ranking evaluation against the matrix-product limit ({time.strftime('%Y-%m-%d')})",
         "",
         "Exact full-catalogue ranks (`agentrec.core.ranking.rank_products`: every target against every item, ties "
         "and NaN against the model) beside the bare matrix product they need, measured alternately in the same "
         "process. GFLOP/s count only the product, 2 x sessions x d x (items + 1); the limit is the median "
-        "GFLOP/s of the bare (B x d) @ (d x items) product into a preallocated buffer, B the chunk the ranking "
-        "uses (about 32 MB of scores, at least 128 sessions: B = "
+        "GFLOP/s of the bare (B x d) @ (d x items) product, the better of two layouts (the whole width into one "
+        "preallocated buffer; a block of columns at a time into a 4 MB one, as bf16 ranking computes it), B the "
+        "chunk the ranking uses (about 32 MB of scores, at least 128 sessions: B = "
         f"{settings[0]['out']['fp32']['extra']['chunk_rows']} sessions in fp32, "
         f"{settings[0]['out']['bf16']['extra']['chunk_rows']} in bf16 for the first shape). "
         f"Medians over {args.repeats} alternations; *ratio* is the median of each evaluation's rate over the "
@@ -148,8 +178,8 @@ def markdown(settings: list[dict], real: list[dict], args, load: tuple, seconds:
         "",
         "| shape (sessions x items x d) | session vectors | threads | fp32 limit | fp32 ranking | fp32 ratio | "
         "bf16 limit | bf16 ranking | bf16 ratio | bf16 ranking / fp32 limit | bf16 sessions/s | ranks identical | "
-        "today's path |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        "bf16 without C | today's path |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for s in settings:
         f, b = s["out"]["fp32"], s["out"]["bf16"]
@@ -157,9 +187,15 @@ def markdown(settings: list[dict], real: list[dict], args, load: tuple, seconds:
         lines.append(
             f"| {s['shape']} | {s['kind']} | {s['threads']} | {median(f['limit']):.1f} | {median(f['rate']):.1f} | "
             f"{median(f['ratio']):.0%} | {median(b['limit']):.1f} | {rate_b:.1f} | {median(b['ratio']):.0%} | "
-            f"{rate_b / median(f['limit']):.1f}x | {rate_b / s['flop'] * s['sessions']:,.0f} | {'yes' if s['identical'] else '**NO**'} | "
+            f"{rate_b / median(f['limit']):.1f}x | {rate_b / s['flop'] * s['sessions']:,.0f} | "
+            f"{'yes' if s['identical'] and s['numpy_identical'] else '**NO**'} | {s['numpy_rate']:.1f} | "
             f"{s['today_rate']:.1f} |")
     lines += [
+        "",
+        "*ranks identical*: the bf16 ranks, with and without the C loops, equal the fp32 ones. *bf16 without C*: "
+        "the bf16 ranking with `AGENTREC_NATIVE=0` (numpy's passes over the product, as on a machine without a "
+        "C compiler), GFLOP/s, one run. The C loops (`agentrec/core/_scan.c`): "
+        + ("used" if native.scan_bf16() is not None else "**not available**, so both bf16 columns are numpy's") + ".",
         "",
         "*today's path*: `rank_samples` over fp32 score chunks (the model's `score_chunk`, as training's "
         "validation still ranks), GFLOP/s, one run. Where its ranks differ from the exact ones, two scores "
@@ -220,7 +256,7 @@ def main() -> None:
     import sys
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", default="12000x100000x100,12000x20000x100",
+    parser.add_argument("--shapes", default="12000x100000x100,12000x20000x100,3000x504913x64",
                         help="comma-separated SESSIONSxITEMSxD (items without the padding row)")
     parser.add_argument("--kinds", default="trained,untrained", help="session vectors: trained, untrained")
     parser.add_argument("--threads", default="1,2")

@@ -685,7 +685,8 @@ def markdown(results: dict, args) -> str:
         first = r[next(s for s in EVALUATE_RUNS if s in r)]
         lines += ["", f"GFLOP/s count the product alone, 2 x {first['sessions']:,} sessions x d x "
                   f"{first['items'] + 1:,} items ({first['gflop']:,.0f} GFLOP); the *limit* is the bare (B x d) @ "
-                  f"(d x items) product into a preallocated buffer (`eval_speed.bare_product_rate`, median of 5), "
+                  f"(d x items) product, the better of the whole width into one buffer and a block of columns at a time "
+                  f"into a 4 MB one (`eval_speed.bare_product_rate`, median of 5), "
                   f"B the chunk the ranking uses ({first['fp32']['chunk_rows']} sessions in fp32, "
                   f"{first['bf16']['chunk_rows']} in bf16, {first['memory_mb']:.0f} MB of scores), measured just "
                   "before each evaluation. The evaluation's time includes encoding the sessions. Ranks identical in "

@@ -233,8 +233,7 @@ def test_a_full_band_buffer_and_too_wide_bands_keep_the_ranks(monkeypatch):
     def narrow(self, *args, **kwargs):
         original(self, *args, **kwargs)
         self.wide = 6  # rows with more than 6 items in their band: again in fp32
-        for scanner in self.scanners:
-            scanner.band = np.empty(self.wide + 1, np.int32)  # room for one band at a time
+        self.scanner.band = np.empty(self.wide + 1, np.int32)  # room for one band at a time
 
     monkeypatch.setattr(ranking.native, "scan_bf16", lambda: counted)
     monkeypatch.setattr(ranking._Ranker, "__init__", narrow)
@@ -242,6 +241,26 @@ def test_a_full_band_buffer_and_too_wide_bands_keep_the_ranks(monkeypatch):
     np.testing.assert_array_equal(got.ranks, want)
     assert any(first > 0 for first, _ in calls)  # some calls went on from where a full buffer stopped
     assert got.extra["fp32_rows"] > 0
+
+
+@pytest.mark.parametrize("columns", [7, 100, 1000])
+def test_ranks_do_not_depend_on_the_column_blocks(columns, monkeypatch):
+    """bf16 with the C scan computes the product a block of columns at a time: padding, items with NaN or
+    infinite entries, history exclusion and each target's check must land in the right block."""
+    needs_native()
+    from agentrec.core import ranking
+
+    table, queries, targets, histories = near_ties(9, d=16)
+    table[[11, 700, 1499]] = np.nan
+    table[[12, 1024], 3] = np.inf
+    monkeypatch.setattr(ranking, "MIN_COLUMNS", columns)
+    monkeypatch.setattr(ranking, "BLOCK_BYTES", 0)
+    for exclude in (False, True):
+        want = reference_ranks(queries, table, targets, histories if exclude else None)
+        for threads in (1, 2):
+            got = ranked(table, queries, targets, histories, precision="bf16", exclude_history=exclude,
+                         threads=threads)
+            np.testing.assert_array_equal(got.ranks, want, err_msg=f"{columns} columns, {threads} threads")
 
 
 def test_without_a_compiler_ranking_warns_once_and_uses_numpy(tmp_path, monkeypatch, caplog):
@@ -339,6 +358,11 @@ def test_every_model_scores_as_a_product_and_ranks_the_same_three_ways():
             result = evaluate_model(model, ds, "valid", exclude_history=True, precision=precision)
             assert result.extra["precision"] == precision
             np.testing.assert_array_equal(result.ranks, base.ranks, err_msg=f"{name} {precision}")
+        # two threads, each encoding and ranking its own chunks (two sessions a chunk: many chunks)
+        result = evaluate_model(model, ds, "valid", exclude_history=True, precision="bf16", threads=2,
+                                memory_budget_mb=1e-9)
+        assert result.extra["threads"] == 2 and result.extra["chunk_rows"] == 2
+        np.testing.assert_array_equal(result.ranks, base.ranks, err_msg=f"{name} bf16, 2 threads")
 
 
 def test_a_model_whose_rule_is_not_a_product_is_ranked_from_its_scores():

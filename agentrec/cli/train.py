@@ -221,7 +221,7 @@ def evaluate(
     exclude_history: Annotated[Optional[bool], typer.Option("--exclude-history/--allow-history", help="Default: as the run was trained.")] = None,
     memory_mb: Annotated[float, typer.Option(help="Memory budget for one chunk of scores.")] = 256.0,
     precision: Annotated[Precision, typer.Option(help="Precision of the session-by-catalogue product: bf16 is faster on CPUs that multiply bf16 natively (AVX512-BF16, AMX); the near-ties are re-scored, so the ranks are exactly those of fp32.")] = Precision.fp32,
-    threads: Annotated[Optional[int], typer.Option(help="Torch threads, and threads counting ranks (default: torch's own, one per core).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Threads that rank chunks of sessions side by side, each with one torch thread for its product (default: torch's own count, one per core).")] = None,
     device: DeviceOption = "auto",
 ):
     """Rank every test target against the full catalogue; print Recall, MRR and NDCG at 10, 20, 100."""

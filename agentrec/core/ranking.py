@@ -82,11 +82,13 @@ values as 16-bit integers, which order like the floats for a fixed sign; centrin
 negative and every ``hi`` positive), the candidates of the block are found through its non-zero 8-byte
 words and checked against ``hi`` from their own values, and a row with thousands of candidates (a deep
 target) is compared with ``hi`` over the row instead. Both give the same ranks. fp32 products are counted
-by numpy. Rows are spread over ``threads`` threads; numpy and the C loops release the GIL.
+by numpy. With several ``threads`` each ranks whole chunks on its own, with one torch thread for its product
+(numpy and the C loops release the GIL).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -108,6 +110,8 @@ U64 = 2.0**-53  # of float64
 HUGE_NORM = 2.0**50  # vectors beyond this leave the fast path (their products could overflow fp32)
 HUGE_SCORE = 2.0**100  # a target score beyond this cannot be bracketed by bf16/fp32 thresholds
 CACHE_MB = 32  # the product buffer's target size: a last-level cache
+BLOCK_BYTES = 4 * 2**20  # a bf16 product block (chunk rows x columns) that the C scan reads back from the cache
+MIN_COLUMNS = 1024  # and at least this many columns per block (fewer: the calls' own cost shows)
 EXACT_STEP = 2048  # (session, item) pairs re-scored in float64 at once: ~3 MB of scratch
 FEW = 4096  # a row with more candidates (about: counted in non-zero 8-byte words) is compared with `hi` whole
 
@@ -398,9 +402,6 @@ class _Scanner:
         with the targets, and compared with the target's score. Returns ``(ranks, rescored)``: the ranks
         (float64) and how many pairs were scored in float64.
         """
-        kernel = native.scan_bf16() if product.precision == "bf16" else None
-        if kernel is not None:
-            return self._scanned(kernel, views, rows, lo, hi, q64, targets, extra, wide=wide)
         ranks = np.empty(len(rows), np.float64)
         rescored = 0
         done = 0
@@ -413,47 +414,51 @@ class _Scanner:
                 rescored += count
         return ranks, rescored
 
-    def _scanned(self, kernel, views, rows, lo, hi, q64, targets, extra, *, wide):
-        """:meth:`rows` for a bf16 buffer through the C scan (``_scan.c``): one pass per row counts the sure-above
-        values and lists the band, which is then scored in float64 as in :meth:`_block`."""
-        buffer = views[1]  # (B, width) uint16
-        rows = np.ascontiguousarray(rows, np.int64)
+    def scan(self, kernel, buffer: np.ndarray, rows: np.ndarray, lo_key, hi_key, *, wide: int):
+        """One C pass (``_scan.c``) over ``rows`` of a ``(B, w)`` uint16 view of a bf16 product block.
+
+        Returns ``(above, count, which, items)``: per row (position in ``rows``) the values at or above its
+        ``hi`` and the length of its band (-1: longer than ``wide``), and the band's columns (``items``, of the
+        block) with their row positions (``which``).
+        """
         n = len(rows)
-        lo_key, hi_key = _bf16_keys(lo[rows]), _bf16_keys(hi[rows])
         above, start, count = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
         if len(self.band) <= wide:  # room for the longest band kept, so that every call finishes a row
             self.band = np.empty(wide + 1, np.int32)
-        ranks = np.empty(n, np.float64)
-        rescored = done = 0
+        which, items = [], []
+        done = 0
         while done < n:
-            stop = kernel(buffer.ctypes.data, buffer.strides[0] // 2, self.width, rows.ctypes.data, done, n,
+            stop = kernel(buffer.ctypes.data, buffer.strides[0] // 2, buffer.shape[1], rows.ctypes.data, done, n,
                           lo_key.ctypes.data, hi_key.ctypes.data, wide, above.ctypes.data, start.ctypes.data,
                           count.ctypes.data, self.band.ctypes.data, len(self.band))
             if stop <= done:
                 raise RuntimeError("the bf16 scan made no progress")  # cannot happen: the band holds `wide` + 1
             part = np.arange(done, stop)
-            ranks[part[count[part] < 0]] = -1.0  # bands too wide: these rows again in fp32
-            kept = part[count[part] >= 0]
-            # the kept bands lie one after another at the start of `band`; then each row's items outside the
-            # product; then each row's target, last: the reference, scored in the same call
-            which = [np.repeat(np.arange(len(kept)), count[kept])]
-            items = [self.band[: int(count[kept].sum())].astype(np.int64)]
-            if extra is not None:
-                for j, i in enumerate(rows[kept]):
-                    if len(extra[i]):
-                        which.append(np.full(len(extra[i]), j))
-                        items.append(extra[i])
-            which.append(np.arange(len(kept)))
-            items.append(targets[rows[kept]])
-            which, items = np.concatenate(which), np.concatenate(items)
-            scores = self.exact.pairs(q64, rows[kept][which], items)
-            m = len(scores) - len(kept)
-            reference = scores[m:]
-            not_below = np.bincount(which[:m], weights=~(scores[:m] < reference[which[:m]]), minlength=len(kept))
-            ranks[kept] = above[kept] + not_below
-            rescored += m
+            kept = part[count[part] > 0]  # the kept bands lie one after another at the start of `band`
+            which.append(np.repeat(kept, count[kept]))
+            items.append(self.band[: int(count[kept].sum())].astype(np.int64))
             done = stop
-        return ranks, rescored
+        return above, count, np.concatenate(which), np.concatenate(items)
+
+    def decide(self, rows, above, which, items, q64, targets, extra):
+        """Ranks of ``rows`` (buffer rows) from their sure-above counts and their bands (``items`` of row
+        position ``which``), scored in float64 with each row's items outside the product and, last, its target
+        (the reference, in the same call). Returns ``(ranks, rescored)``."""
+        n = len(rows)
+        which, items = [which], [items]
+        if extra is not None:
+            for j, i in enumerate(rows):
+                if len(extra[i]):
+                    which.append(np.full(len(extra[i]), j))
+                    items.append(extra[i])
+        which.append(np.arange(n))
+        items.append(targets[rows])
+        which, items = np.concatenate(which), np.concatenate(items)
+        scores = self.exact.pairs(q64, rows[which], items)
+        m = len(scores) - n
+        reference = scores[m:]
+        not_below = np.bincount(which[:m], weights=~(scores[:m] < reference[which[:m]]), minlength=n)
+        return above + not_below, m
 
     def _block(self, product, views, part, lo, hi, q64, targets, extra, *, wide):
         k, width = len(part), self.width  # part: consecutive buffer rows
@@ -545,9 +550,11 @@ def rank_products(
         n_items: catalogue size (ids 1..n_items).
         precision: ``"fp32"`` or ``"bf16"``: the product's input precision. Both give the same ranks
             (see the module docstring); bf16 is faster where the CPU multiplies bf16 natively.
-        threads: torch threads for the product and threads for counting; None keeps torch's setting.
+        threads: threads that rank chunks of sessions side by side, each with its own product (one torch
+            thread) and count; None: as many as torch's setting. With several, ``query_chunk`` is called from
+            them (a chunk each at a time): a model's forward pass without gradients is safe so.
         ks, exclude_history, memory_budget_mb, progress, desc: as :func:`agentrec.core.metrics.rank_samples`;
-            the budget bounds the ``(B, n_items + 1)`` product buffer.
+            the budget bounds the ``(B, n_items + 1)`` product buffers of all threads together.
 
     Returns:
         A ``RankingResult`` whose ``extra`` holds ``nonfinite_targets`` (as ``rank_samples``), ``precision``,
@@ -561,40 +568,80 @@ def rank_products(
     started = time.perf_counter()
     before = torch.get_num_threads()
     workers = threads or before
-    if threads:
-        torch.set_num_threads(threads)
+    # Each thread ranks whole chunks on its own (product with one torch thread, then its scan): two threads
+    # that shared each product and then each scan waited on each other, and OpenMP's threads kept spinning
+    # on the cores after the product while the scan wanted them (measured: the scan took longer on 2 threads
+    # than on 1). The memory budget is shared among the threads' buffers.
+    torch.set_num_threads(1 if workers > 1 else workers)
     try:
-        with torch.no_grad(), ThreadPoolExecutor(workers) as pool:
-            ranker = _Ranker(table, n_items, precision=precision, pool=pool, workers=workers,
-                             memory_budget_mb=memory_budget_mb)
+        with torch.no_grad():
+            first_lane = _Ranker(table, n_items, precision=precision, memory_budget_mb=memory_budget_mb / workers)
+            lanes = [first_lane] + [first_lane.lane() for _ in range(workers - 1)]
             n = len(samples)
             ranks = np.empty(n, np.float64)
             bar = _progress(n, desc) if progress else None
-            for first in range(0, n, ranker.rows):
-                index = np.arange(first, min(n, first + ranker.rows))
-                ranks[index] = ranker.chunk(query_chunk(index), samples, index, exclude_history=exclude_history)
-                if bar is not None:
-                    bar.update(len(index))
+            chunks = (np.arange(first, min(n, first + first_lane.rows)) for first in range(0, n, first_lane.rows))
+            if workers == 1:
+                for index in chunks:
+                    ranks[index] = first_lane.chunk(query_chunk(index), samples, index,
+                                                    exclude_history=exclude_history)
+                    if bar is not None:
+                        bar.update(len(index))
+            else:
+                _rank_in_lanes(lanes, chunks, query_chunk, samples, ranks, exclude_history=exclude_history, bar=bar)
             if bar is not None:
                 bar.close()
     finally:
         torch.set_num_threads(before)
-    extra = {**ranker.stats, "precision": precision, "threads": workers, "chunk_rows": ranker.rows}
+    stats = {key: sum(lane.stats[key] for lane in lanes) for key in first_lane.stats}
+    extra = {**stats, "precision": precision, "threads": workers, "chunk_rows": first_lane.rows}
     return RankingResult(ranks=ranks, metrics=metrics_from_ranks(ranks, ks), exclude_history=exclude_history,
                          seconds=time.perf_counter() - started, extra=extra)
+
+
+def _rank_in_lanes(lanes, chunks, query_chunk, samples, ranks, *, exclude_history: bool, bar) -> None:
+    """Rank ``chunks`` over one thread per lane: a free lane takes the next chunk, makes its queries (the
+    model's forward pass, with one torch thread) and ranks it; ``ranks`` is filled as chunks finish."""
+    import torch
+
+    def ranked(lane, index):
+        torch.set_num_threads(1)  # this thread's own OpenMP setting: one thread for its products
+        with torch.no_grad():  # autograd's mode is per thread
+            return lane.chunk(query_chunk(index), samples, index, exclude_history=exclude_history)
+
+    free = list(lanes)
+    pending = []
+    with ThreadPoolExecutor(len(lanes)) as pool:
+        try:
+            for index in chunks:
+                if not free:  # every lane busy: wait for the oldest chunk
+                    job, done, lane = pending.pop(0)
+                    ranks[done] = job.result()
+                    free.append(lane)
+                    if bar is not None:
+                        bar.update(len(done))
+                lane = free.pop()
+                pending.append((pool.submit(ranked, lane, index), index, lane))
+            for job, done, _ in pending:
+                ranks[done] = job.result()
+                if bar is not None:
+                    bar.update(len(done))
+        finally:
+            for job, _, _ in pending:
+                job.cancel()
 
 
 class _Ranker:
     """The state of one evaluation: the prepared tables, the product buffer, the counting threads."""
 
-    def __init__(self, table, n_items: int, *, precision: str, pool, workers: int, memory_budget_mb: float):
+    def __init__(self, table, n_items: int, *, precision: str, memory_budget_mb: float):
         import torch
 
         table = torch.as_tensor(table).detach().float().cpu().contiguous()
         width, self.d = table.shape
         if width != n_items + 1:
             raise ValueError(f"item table has {width} rows, expected {n_items + 1} (row 0 is padding)")
-        self.table, self.n_items, self.width, self.pool = table, n_items, width, pool
+        self.table, self.n_items, self.width = table, n_items, width
         self.precision, self.memory_budget_mb = precision, memory_budget_mb
         # an item with a NaN or infinite entry, or a huge norm, is re-scored in float64 for every session
         # (its norm compares False); its product column is overwritten with -inf
@@ -611,12 +658,29 @@ class _Ranker:
         self.views = self.product.views(self.buffer)
         self.fp32 = self.product if precision == "fp32" else None  # bf16 rows with too wide a band: built on use
         self.fp32_buffer = None
-        self.scanners = [_Scanner(table.numpy(), width) for _ in range(workers)]
-        self.exact = self.scanners[0].exact  # the main thread's, used between scans
+        self.scanner = _Scanner(table.numpy(), width)
+        self.exact = self.scanner.exact
+        self.block = None  # bf16 with the C scan: the product a block of columns at a time, into this (built on use)
         # a bf16 band wider than `wide` (a catalogue whose scores crowd within bf16 rounding of each other):
         # the rows are scored again in fp32, in one product, which beats re-scoring a quarter of it in float64
         self.wide = max(4096, width // 4) if precision == "bf16" else width
         self.stats = {"nonfinite_targets": 0, "rescored": 0, "fp32_rows": 0, "product_seconds": 0.0}
+
+    def lane(self) -> _Ranker:
+        """Another ranker over the same prepared tables, with buffers, a scanner and counts of its own: for
+        one more thread."""
+        import torch
+
+        other = copy.copy(self)
+        other.buffer = torch.empty_like(self.buffer)
+        other.views = self.product.views(other.buffer)
+        other.fp32 = self.product if self.precision == "fp32" else None
+        other.fp32_buffer = None
+        other.scanner = _Scanner(self.table.numpy(), self.width)
+        other.exact = other.scanner.exact
+        other.block = None
+        other.stats = dict.fromkeys(self.stats, 0) | {"product_seconds": 0.0}
+        return other
 
     def chunk(self, queries, samples, index: np.ndarray, *, exclude_history: bool) -> np.ndarray:
         """Ranks of ``samples[index]`` from their ``(B, d)`` queries."""
@@ -681,6 +745,9 @@ class _Ranker:
 
         if not len(live):
             return np.empty(0)
+        kernel = native.scan_bf16() if product.precision == "bf16" else None
+        if kernel is not None:
+            return self._ranked_in_blocks(kernel, product, q, exact_target, live, targets, q64, history, extra)
         clock = time.perf_counter()
         ranked = np.zeros(len(q), bool)
         ranked[live] = True
@@ -694,8 +761,58 @@ class _Ranker:
         lo, hi, lo_value, hi_value = product.thresholds(exact_target - shift, bound)
         _check_targets(product, views, live[self.good[targets[live]]], targets, lo_value, hi_value)
         wide = self.wide if product is self.product else self.width
-        ranks, rescored = _scan(self.pool, self.scanners, product, views, live, lo, hi, q64, targets, extra,
-                                wide=wide)
+        ranks, rescored = self.scanner.rows(product, views, live, lo, hi, q64, targets, extra, wide=wide)
+        self.stats["rescored"] += rescored
+        return ranks
+
+
+    def _ranked_in_blocks(self, kernel, product, q, exact_target, live, targets, q64, history, extra):
+        """:meth:`_ranked_by` for bf16 with the C scan: the product a block of columns at a time, each block
+        scanned while it is still in the cache (and the block of the table with it), counts and bands summed
+        over the blocks, then the bands scored in float64 (-1: a band too wide for bf16)."""
+        import torch
+
+        b = len(q)
+        ranked = np.zeros(b, bool)
+        ranked[live] = True
+        shift = product.shift(exact_target)
+        left = product.inputs(np.where(ranked[:, None], q, np.float32(0)), shift)  # others zeroed: no NaN, no overflow
+        bound = np.zeros(b)
+        bound[live] = product.bounds(q[live], shift[live], exact_target[live])
+        lo, hi, lo_value, hi_value = product.thresholds(exact_target - shift, bound)
+        lo_key, hi_key = _bf16_keys(lo[live]), _bf16_keys(hi[live])
+        checked = live[self.good[targets[live]]]
+        n = len(live)
+        above, kept = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        which, items = [], []
+        columns = max(MIN_COLUMNS, BLOCK_BYTES // (2 * b))
+        if self.block is None or len(self.block) < b * columns:
+            self.block = torch.empty(self.rows * columns, dtype=torch.bfloat16)
+        for first in range(0, self.width, columns):
+            last = min(self.width, first + columns)
+            out = self.block[: b * (last - first)].view(b, last - first)
+            clock = time.perf_counter()
+            torch.matmul(left, product.table[:, first:last], out=out)
+            self.stats["product_seconds"] += time.perf_counter() - clock
+            signed = out.view(torch.int16).numpy()
+            _mask_block(signed, first, last, self.bad_items, history)
+            mine = checked[(targets[checked] >= first) & (targets[checked] < last)]
+            _check_targets(product, (signed,), mine, targets - first, lo_value, hi_value)
+            count_above, count, at, columns_at = self.scanner.scan(kernel, signed.view(np.uint16), live, lo_key, hi_key,
+                                                                   wide=self.wide)
+            above += count_above
+            kept = np.where((count < 0) | (kept < 0), -1, kept + count)
+            which.append(at)
+            items.append(columns_at + first)
+        ranks = np.full(n, -1.0)  # a band wider than `wide` (in a block or in all): again in fp32
+        kept[kept > self.wide] = -1
+        ok = np.flatnonzero(kept >= 0)
+        which, items = np.concatenate(which), np.concatenate(items)
+        keep = kept[which] >= 0
+        position = np.full(n, -1)
+        position[ok] = np.arange(len(ok))
+        ranks[ok], rescored = self.scanner.decide(live[ok], above[ok], position[which[keep]], items[keep], q64,
+                                                  targets, extra)
         self.stats["rescored"] += rescored
         return ranks
 
@@ -725,6 +842,19 @@ def _mask_columns(product: _Product, views, b: int, bad_items, history) -> None:
         out[history[0], history[1]] = minus_inf
 
 
+def _mask_block(signed: np.ndarray, first: int, last: int, bad_items, history) -> None:
+    """:func:`_mask_columns` for columns ``first .. last - 1`` of a bf16 product (``signed``: its int16 view)."""
+    minus_inf = np.int16(-128)  # bf16 -inf: 0xFF80
+    if first == 0:
+        signed[:, 0] = minus_inf
+    if len(bad_items):
+        inside = bad_items[(bad_items >= first) & (bad_items < last)]
+        signed[:, inside - first] = minus_inf
+    if history is not None and len(history[0]):
+        inside = (history[1] >= first) & (history[1] < last)
+        signed[history[0][inside], history[1][inside] - first] = minus_inf
+
+
 def _extra_items(bad_items, b, history):
     """Per row, the items outside the product that must be re-scored (bad items not in its history)."""
     if not len(bad_items):
@@ -748,15 +878,3 @@ def _check_targets(product: _Product, views, live, targets, lo_value, hi_value) 
         raise RuntimeError(f"a target's product value {value[k]!r} lies outside its rounding band "
                            f"[{lo_value[live][k]!r}, {hi_value[live][k]!r}): the product's arithmetic is not what "
                            "agentrec.core.ranking assumes; evaluate with precision='fp32' or the model's scorer")
-
-
-def _scan(pool, scanners, product, views, live, lo, hi, q64, targets, extra, *, wide):
-    """Rank the ``live`` rows over the worker threads; ``(ranks, rescored)``."""
-    parts = [part for part in np.array_split(live, len(scanners)) if len(part)]
-    if len(parts) == 1:
-        return scanners[0].rows(product, views, parts[0], lo, hi, q64, targets, extra, wide=wide)
-    jobs = [pool.submit(scanner.rows, product, views, part, lo, hi, q64, targets, extra, wide=wide)
-            for scanner, part in zip(scanners, parts, strict=True)]
-    results = [job.result() for job in jobs]
-    return np.concatenate([r for r, _ in results]), sum(c for _, c in results)
-
