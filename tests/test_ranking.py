@@ -200,16 +200,17 @@ def test_exact_scores_sum_left_to_right_in_c_and_in_numpy(d, monkeypatch):
     np.testing.assert_array_equal(in_numpy, want)
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("seed, d", [(5, 16), (6, 100)])
-def test_the_c_scan_and_numpy_give_the_same_ranks(seed, d, monkeypatch):
+def test_the_c_scan_and_numpy_give_the_same_ranks(seed, d, precision, monkeypatch):
     needs_native()
     table, queries, targets, histories = near_ties(seed, d=d, normalise=d == 100)
     want = reference_ranks(queries, table, targets, histories)
     for threads in (1, 2):
-        got = ranked(table, queries, targets, histories, precision="bf16", exclude_history=True, threads=threads)
+        got = ranked(table, queries, targets, histories, precision=precision, exclude_history=True, threads=threads)
         np.testing.assert_array_equal(got.ranks, want, err_msg=f"C, {threads} threads")
     monkeypatch.setenv("AGENTREC_NATIVE", "0")
-    got = ranked(table, queries, targets, histories, precision="bf16", exclude_history=True)
+    got = ranked(table, queries, targets, histories, precision=precision, exclude_history=True)
     np.testing.assert_array_equal(got.ranks, want, err_msg="numpy")
 
 
@@ -243,9 +244,10 @@ def test_a_full_band_buffer_and_too_wide_bands_keep_the_ranks(monkeypatch):
     assert got.extra["fp32_rows"] > 0
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("columns", [7, 100, 1000])
-def test_ranks_do_not_depend_on_the_column_blocks(columns, monkeypatch):
-    """bf16 with the C scan computes the product a block of columns at a time: padding, items with NaN or
+def test_ranks_do_not_depend_on_the_column_blocks(columns, precision, monkeypatch):
+    """With the C scan the product is computed a block of columns at a time: padding, items with NaN or
     infinite entries, history exclusion and each target's check must land in the right block."""
     needs_native()
     from agentrec.core import ranking
@@ -258,7 +260,7 @@ def test_ranks_do_not_depend_on_the_column_blocks(columns, monkeypatch):
     for exclude in (False, True):
         want = reference_ranks(queries, table, targets, histories if exclude else None)
         for threads in (1, 2):
-            got = ranked(table, queries, targets, histories, precision="bf16", exclude_history=exclude,
+            got = ranked(table, queries, targets, histories, precision=precision, exclude_history=exclude,
                          threads=threads)
             np.testing.assert_array_equal(got.ranks, want, err_msg=f"{columns} columns, {threads} threads")
 

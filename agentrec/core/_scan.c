@@ -13,7 +13,7 @@
  * (ranking.ExactScores), with or without fused multiply-adds, in any batch.
  */
 #include <stdint.h>
-#if defined(__AVX512BW__)
+#if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -58,6 +58,50 @@ int64_t scan_bf16(const uint16_t *buf, int64_t stride, int64_t width, const int6
             const uint16_t k = key_of(row[s]);
             count += k >= hi;
             if ((uint16_t)(k - lo) < span) {
+                if (used - start == wide) { over = 1; break; }
+                if (used == cap) return i;
+                band[used++] = (int32_t)s;
+            }
+        }
+        above[i] = over ? 0 : count;
+        band_start[i] = start;
+        band_count[i] = over ? -1 : used - start;
+        if (over) used = start;
+    }
+    return n;
+}
+
+/* scan_bf16 for an fp32 buffer: the same outputs, the values compared as floats with `lo` and `hi` (a NaN is
+ * neither at or above `hi` nor in the band: below, as numpy compares it). */
+int64_t scan_f32(const float *buf, int64_t stride, int64_t width, const int64_t *row_index, int64_t first,
+                 int64_t n, const float *lo_value, const float *hi_value, int64_t wide, int64_t *above,
+                 int64_t *band_start, int64_t *band_count, int32_t *band, int64_t cap) {
+    int64_t used = 0;
+    for (int64_t i = first; i < n; i++) {
+        const float *row = buf + row_index[i] * stride;
+        const float lo = lo_value[i], hi = hi_value[i];
+        const int64_t start = used;
+        int64_t count = 0, s = 0;
+        int over = 0;
+#if defined(__AVX512F__)
+        const __m512 lo_v = _mm512_set1_ps(lo), hi_v = _mm512_set1_ps(hi);
+        for (; s + 16 <= width && !over; s += 16) {
+            const __m512 x = _mm512_loadu_ps(row + s);
+            count += __builtin_popcount((uint32_t)_mm512_cmp_ps_mask(x, hi_v, _CMP_GE_OQ));
+            uint32_t hits = (uint32_t)_mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(x, lo_v, _CMP_GE_OQ), x, hi_v,
+                                                              _CMP_LT_OQ);
+            while (hits) {
+                if (used - start == wide) { over = 1; break; }
+                if (used == cap) return i;
+                band[used++] = (int32_t)(s + __builtin_ctz(hits));
+                hits &= hits - 1;
+            }
+        }
+#endif
+        for (; s < width && !over; s++) {
+            const float x = row[s];
+            count += x >= hi;
+            if (x >= lo && x < hi) {
                 if (used - start == wide) { over = 1; break; }
                 if (used == cap) return i;
                 band[used++] = (int32_t)s;

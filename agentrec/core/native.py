@@ -1,14 +1,14 @@
-"""The one piece of C in agentrec: two loops of full-catalogue ranking (``_scan.c``), built on first use.
+"""The one piece of C in agentrec: the loops of full-catalogue ranking (``_scan.c``), built on first use.
 
 In bf16 the matrix product runs at several hundred GFLOP/s, so numpy's passes over its output (compare,
 find the candidates, count) took as long as the product itself, and gathering the band's vectors to score
-them in float64 cost about as much again at a large catalogue. ``_scan.c`` does the first in one pass and
-the second in one loop. It is
+them in float64 cost about as much again at a large catalogue. ``_scan.c`` does the first in one pass over
+each block of the product (``scan_bf16``, ``scan_f32``) and the second in one loop (``exact_pairs``). It is
 compiled once per machine with the C compiler that is there (``$CC``, else ``cc``; ``-O3 -march=native``)
 into ``$AGENTREC_CACHE/native/``, named by a hash of the source, the flags, the compiler's version and the
 CPU's flags, so a cache shared between machines never loads code built for another CPU. Without a compiler,
-or with ``AGENTREC_NATIVE=0``, :func:`scan_bf16` and :func:`exact_pairs` are ``None`` and ranking uses its numpy
-path: the same ranks, more slowly (a warning says so once).
+or with ``AGENTREC_NATIVE=0``, these functions return ``None`` and ranking uses its numpy path: the same
+ranks, more slowly (a warning says so once).
 """
 
 from __future__ import annotations
@@ -44,6 +44,12 @@ def scan_bf16():
     return None if library is None else library.scan_bf16
 
 
+def scan_f32():
+    """The ``scan_f32`` C function (see ``_scan.c``), or None where it cannot be built or is turned off."""
+    library = _load() if enabled() else None
+    return None if library is None else library.scan_f32
+
+
 def exact_pairs():
     """The ``exact_pairs`` C function (see ``_scan.c``), or None where it cannot be built or is turned off."""
     library = _load() if enabled() else None
@@ -64,6 +70,8 @@ def _load():
     library.scan_bf16.restype = integer
     library.scan_bf16.argtypes = [pointer, integer, integer, pointer, integer, integer, pointer, pointer, integer,
                                   pointer, pointer, pointer, pointer, integer]
+    library.scan_f32.restype = integer
+    library.scan_f32.argtypes = library.scan_bf16.argtypes
     library.exact_pairs.restype = None
     library.exact_pairs.argtypes = [pointer, integer, pointer, integer, pointer, pointer, integer, pointer]
     return library

@@ -73,16 +73,16 @@ as today); a session whose query norm or target score is beyond ``2^50`` / ``2^1
 float64. As a run-time check of the arithmetic model, each target's own product value must fall inside
 its band; a violation raises rather than returning a wrong rank.
 
-**Counting.** The product is the only pass over the ``(B, n)`` matrix that does arithmetic. In bf16 the
-rest is done by two C loops (``_scan.c``, compiled on first use by :mod:`agentrec.core.native`): one pass per
-row counts the values at or above ``hi`` and lists the band's columns, and the band is scored in float64
-(``R`` as defined above, with the next items' rows prefetched). Without a C compiler (or with
+**Counting.** The product is the only pass over the ``(B, n)`` matrix that does arithmetic. The rest is done
+by two C loops (``_scan.c``, compiled on first use by :mod:`agentrec.core.native`): the product is computed a
+block of columns at a time (4 MB), and one pass per row of the block, while it is in the cache, counts the
+values at or above ``hi`` and lists the band's columns; the bands are then scored in float64 (``R`` as
+defined above, with the next items' rows prefetched). Without a C compiler (or with
 ``AGENTREC_NATIVE=0``) numpy does the same: rows are compared with their ``lo`` a block at a time (bf16
 values as 16-bit integers, which order like the floats for a fixed sign; centring makes every ``lo``
 negative and every ``hi`` positive), the candidates of the block are found through its non-zero 8-byte
 words and checked against ``hi`` from their own values, and a row with thousands of candidates (a deep
-target) is compared with ``hi`` over the row instead. Both give the same ranks. fp32 products are counted
-by numpy. With several ``threads`` each ranks whole chunks on its own, with one torch thread for its product
+target) is compared with ``hi`` over the row instead. Both give the same ranks. With several ``threads`` each ranks whole chunks on its own, with one torch thread for its product
 (numpy and the C loops release the GIL).
 """
 
@@ -415,7 +415,8 @@ class _Scanner:
         return ranks, rescored
 
     def scan(self, kernel, buffer: np.ndarray, rows: np.ndarray, lo_key, hi_key, *, wide: int):
-        """One C pass (``_scan.c``) over ``rows`` of a ``(B, w)`` uint16 view of a bf16 product block.
+        """One C pass (``_scan.c``) over ``rows`` of a ``(B, w)`` product block: fp32, or bf16 as uint16 (with
+        ``lo_key`` and ``hi_key`` the thresholds' keys; fp32: the thresholds themselves).
 
         Returns ``(above, count, which, items)``: per row (position in ``rows``) the values at or above its
         ``hi`` and the length of its band (-1: longer than ``wide``), and the band's columns (``items``, of the
@@ -428,7 +429,8 @@ class _Scanner:
         which, items = [], []
         done = 0
         while done < n:
-            stop = kernel(buffer.ctypes.data, buffer.strides[0] // 2, buffer.shape[1], rows.ctypes.data, done, n,
+            stop = kernel(buffer.ctypes.data, buffer.strides[0] // buffer.itemsize, buffer.shape[1], rows.ctypes.data,
+                          done, n,
                           lo_key.ctypes.data, hi_key.ctypes.data, wide, above.ctypes.data, start.ctypes.data,
                           count.ctypes.data, self.band.ctypes.data, len(self.band))
             if stop <= done:
@@ -660,7 +662,7 @@ class _Ranker:
         self.fp32_buffer = None
         self.scanner = _Scanner(table.numpy(), width)
         self.exact = self.scanner.exact
-        self.block = None  # bf16 with the C scan: the product a block of columns at a time, into this (built on use)
+        self.blocks = {}  # precision -> the C scan's block of the product (built on use)
         # a bf16 band wider than `wide` (a catalogue whose scores crowd within bf16 rounding of each other):
         # the rows are scored again in fp32, in one product, which beats re-scoring a quarter of it in float64
         self.wide = max(4096, width // 4) if precision == "bf16" else width
@@ -678,7 +680,7 @@ class _Ranker:
         other.fp32_buffer = None
         other.scanner = _Scanner(self.table.numpy(), self.width)
         other.exact = other.scanner.exact
-        other.block = None
+        other.blocks = {}
         other.stats = dict.fromkeys(self.stats, 0) | {"product_seconds": 0.0}
         return other
 
@@ -745,7 +747,7 @@ class _Ranker:
 
         if not len(live):
             return np.empty(0)
-        kernel = native.scan_bf16() if product.precision == "bf16" else None
+        kernel = native.scan_bf16() if product.precision == "bf16" else native.scan_f32()
         if kernel is not None:
             return self._ranked_in_blocks(kernel, product, q, exact_target, live, targets, q64, history, extra)
         clock = time.perf_counter()
@@ -767,9 +769,9 @@ class _Ranker:
 
 
     def _ranked_in_blocks(self, kernel, product, q, exact_target, live, targets, q64, history, extra):
-        """:meth:`_ranked_by` for bf16 with the C scan: the product a block of columns at a time, each block
-        scanned while it is still in the cache (and the block of the table with it), counts and bands summed
-        over the blocks, then the bands scored in float64 (-1: a band too wide for bf16)."""
+        """:meth:`_ranked_by` with the C scan: the product a block of columns at a time, each block scanned while
+        it is still in the cache (and the block of the table with it), counts and bands summed over the blocks,
+        then the bands scored in float64 (-1: a band too wide for bf16)."""
         import torch
 
         b = len(q)
@@ -780,32 +782,38 @@ class _Ranker:
         bound = np.zeros(b)
         bound[live] = product.bounds(q[live], shift[live], exact_target[live])
         lo, hi, lo_value, hi_value = product.thresholds(exact_target - shift, bound)
-        lo_key, hi_key = _bf16_keys(lo[live]), _bf16_keys(hi[live])
+        if product.precision == "bf16":
+            lo_scan, hi_scan = _bf16_keys(lo[live]), _bf16_keys(hi[live])
+        else:
+            lo_scan, hi_scan = np.ascontiguousarray(lo[live], np.float32), np.ascontiguousarray(hi[live], np.float32)
+        wide = self.wide if product is self.product else self.width
         checked = live[self.good[targets[live]]]
         n = len(live)
         above, kept = np.zeros(n, np.int64), np.zeros(n, np.int64)
         which, items = [], []
-        columns = max(MIN_COLUMNS, BLOCK_BYTES // (2 * b))
-        if self.block is None or len(self.block) < b * columns:
-            self.block = torch.empty(self.rows * columns, dtype=torch.bfloat16)
+        size = 2 if product.precision == "bf16" else 4
+        columns = max(MIN_COLUMNS, BLOCK_BYTES // (size * b))
+        block = self.blocks.get(product.precision)
+        if block is None or len(block) < b * columns:
+            block = self.blocks[product.precision] = torch.empty(self.rows * columns, dtype=product.dtype)
         for first in range(0, self.width, columns):
             last = min(self.width, first + columns)
-            out = self.block[: b * (last - first)].view(b, last - first)
+            out = block[: b * (last - first)].view(b, last - first)
             clock = time.perf_counter()
             torch.matmul(left, product.table[:, first:last], out=out)
             self.stats["product_seconds"] += time.perf_counter() - clock
-            signed = out.view(torch.int16).numpy()
-            _mask_block(signed, first, last, self.bad_items, history)
+            compared = product.views(out)[0]  # float32, or bf16 as int16
+            _mask_block(compared, first, last, self.bad_items, history)
             mine = checked[(targets[checked] >= first) & (targets[checked] < last)]
-            _check_targets(product, (signed,), mine, targets - first, lo_value, hi_value)
-            count_above, count, at, columns_at = self.scanner.scan(kernel, signed.view(np.uint16), live, lo_key, hi_key,
-                                                                   wide=self.wide)
+            _check_targets(product, (compared,), mine, targets - first, lo_value, hi_value)
+            scanned = compared.view(np.uint16) if product.precision == "bf16" else compared
+            count_above, count, at, columns_at = self.scanner.scan(kernel, scanned, live, lo_scan, hi_scan, wide=wide)
             above += count_above
             kept = np.where((count < 0) | (kept < 0), -1, kept + count)
             which.append(at)
             items.append(columns_at + first)
         ranks = np.full(n, -1.0)  # a band wider than `wide` (in a block or in all): again in fp32
-        kept[kept > self.wide] = -1
+        kept[kept > wide] = -1
         ok = np.flatnonzero(kept >= 0)
         which, items = np.concatenate(which), np.concatenate(items)
         keep = kept[which] >= 0
@@ -842,17 +850,17 @@ def _mask_columns(product: _Product, views, b: int, bad_items, history) -> None:
         out[history[0], history[1]] = minus_inf
 
 
-def _mask_block(signed: np.ndarray, first: int, last: int, bad_items, history) -> None:
-    """:func:`_mask_columns` for columns ``first .. last - 1`` of a bf16 product (``signed``: its int16 view)."""
-    minus_inf = np.int16(-128)  # bf16 -inf: 0xFF80
+def _mask_block(out: np.ndarray, first: int, last: int, bad_items, history) -> None:
+    """:func:`_mask_columns` for columns ``first .. last - 1`` of a product (``out``: fp32, or bf16 as int16)."""
+    minus_inf = -np.inf if out.dtype == np.float32 else np.int16(-128)  # bf16 -inf: 0xFF80
     if first == 0:
-        signed[:, 0] = minus_inf
+        out[:, 0] = minus_inf
     if len(bad_items):
         inside = bad_items[(bad_items >= first) & (bad_items < last)]
-        signed[:, inside - first] = minus_inf
+        out[:, inside - first] = minus_inf
     if history is not None and len(history[0]):
         inside = (history[1] >= first) & (history[1] < last)
-        signed[history[0][inside], history[1][inside] - first] = minus_inf
+        out[history[0][inside], history[1][inside] - first] = minus_inf
 
 
 def _extra_items(bad_items, b, history):
