@@ -21,6 +21,33 @@ static inline uint16_t key_of(uint16_t b) {
     return b ^ (uint16_t)((uint16_t)((int16_t)b >> 15) | 0x8000u);
 }
 
+/* A call's output so far: the band columns kept (`used` of room for `cap`), and the row being scanned. */
+typedef struct {
+    int32_t *band;
+    int64_t used, cap, wide, start; /* start: where the row's band begins */
+} Kept;
+
+/* Keep the columns base + (each set bit of `hits`). 0: go on; 1: the row's band is longer than `wide` (it is
+ * not kept); 2: `band` is full (the call stops before this row). */
+static inline int keep(Kept *k, uint32_t hits, int64_t base) {
+    while (hits) {
+        if (k->used - k->start == k->wide) return 1;
+        if (k->used == k->cap) return 2;
+        k->band[k->used++] = (int32_t)(base + __builtin_ctz(hits));
+        hits &= hits - 1;
+    }
+    return 0;
+}
+
+/* The row at position i is done: its count, and its band (or -1 for a band longer than `wide`, dropped). */
+static inline void finish(Kept *k, int64_t i, int over, int64_t count, int64_t *above, int64_t *band_start,
+                          int64_t *band_count) {
+    above[i] = over ? 0 : count;
+    band_start[i] = k->start;
+    band_count[i] = over ? -1 : k->used - k->start;
+    if (over) k->used = k->start;
+}
+
 /* The rows row_index[first..n) of the buffer (row r starts at buf + r * stride, `width` values). For the row at
  * position i: above[i] = #{key >= hi_key[i]}; the columns with lo_key[i] <= key < hi_key[i] (its band) are
  * appended to `band` (room for `cap`): band[band_start[i] .. band_start[i] + band_count[i]). A band longer
@@ -30,43 +57,31 @@ static inline uint16_t key_of(uint16_t b) {
 int64_t scan_bf16(const uint16_t *buf, int64_t stride, int64_t width, const int64_t *row_index, int64_t first,
                   int64_t n, const uint16_t *lo_key, const uint16_t *hi_key, int64_t wide, int64_t *above,
                   int64_t *band_start, int64_t *band_count, int32_t *band, int64_t cap) {
-    int64_t used = 0;
+    Kept k = {band, 0, cap, wide, 0};
     for (int64_t i = first; i < n; i++) {
         const uint16_t *row = buf + row_index[i] * stride;
         const uint16_t lo = lo_key[i], hi = hi_key[i];
         const uint16_t span = (uint16_t)(hi - lo); /* in the band: (uint16_t)(key - lo) < span (lo <= hi) */
-        const int64_t start = used;
         int64_t count = 0, s = 0;
-        int over = 0;
+        int status = 0;
+        k.start = k.used;
 #if defined(__AVX512BW__)
         const __m512i sign = _mm512_set1_epi16((short)0x8000), lo_v = _mm512_set1_epi16((short)lo);
         const __m512i hi_v = _mm512_set1_epi16((short)hi), span_v = _mm512_set1_epi16((short)span);
-        for (; s + 32 <= width && !over; s += 32) {
+        for (; s + 32 <= width && !status; s += 32) {
             const __m512i b = _mm512_loadu_si512((const void *)(row + s));
-            const __m512i k = _mm512_xor_si512(b, _mm512_or_si512(_mm512_srai_epi16(b, 15), sign));
-            count += __builtin_popcount((uint32_t)_mm512_cmpge_epu16_mask(k, hi_v));
-            uint32_t hits = (uint32_t)_mm512_cmplt_epu16_mask(_mm512_sub_epi16(k, lo_v), span_v);
-            while (hits) {
-                if (used - start == wide) { over = 1; break; }
-                if (used == cap) return i;
-                band[used++] = (int32_t)(s + __builtin_ctz(hits));
-                hits &= hits - 1;
-            }
+            const __m512i key = _mm512_xor_si512(b, _mm512_or_si512(_mm512_srai_epi16(b, 15), sign));
+            count += __builtin_popcount((uint32_t)_mm512_cmpge_epu16_mask(key, hi_v));
+            status = keep(&k, (uint32_t)_mm512_cmplt_epu16_mask(_mm512_sub_epi16(key, lo_v), span_v), s);
         }
 #endif
-        for (; s < width && !over; s++) {
-            const uint16_t k = key_of(row[s]);
-            count += k >= hi;
-            if ((uint16_t)(k - lo) < span) {
-                if (used - start == wide) { over = 1; break; }
-                if (used == cap) return i;
-                band[used++] = (int32_t)s;
-            }
+        for (; s < width && !status; s++) {
+            const uint16_t key = key_of(row[s]);
+            count += key >= hi;
+            status = keep(&k, (uint16_t)(key - lo) < span, s);
         }
-        above[i] = over ? 0 : count;
-        band_start[i] = start;
-        band_count[i] = over ? -1 : used - start;
-        if (over) used = start;
+        if (status == 2) return i;
+        finish(&k, i, status, count, above, band_start, band_count);
     }
     return n;
 }
@@ -76,41 +91,28 @@ int64_t scan_bf16(const uint16_t *buf, int64_t stride, int64_t width, const int6
 int64_t scan_f32(const float *buf, int64_t stride, int64_t width, const int64_t *row_index, int64_t first,
                  int64_t n, const float *lo_value, const float *hi_value, int64_t wide, int64_t *above,
                  int64_t *band_start, int64_t *band_count, int32_t *band, int64_t cap) {
-    int64_t used = 0;
+    Kept k = {band, 0, cap, wide, 0};
     for (int64_t i = first; i < n; i++) {
         const float *row = buf + row_index[i] * stride;
         const float lo = lo_value[i], hi = hi_value[i];
-        const int64_t start = used;
         int64_t count = 0, s = 0;
-        int over = 0;
+        int status = 0;
+        k.start = k.used;
 #if defined(__AVX512F__)
         const __m512 lo_v = _mm512_set1_ps(lo), hi_v = _mm512_set1_ps(hi);
-        for (; s + 16 <= width && !over; s += 16) {
+        for (; s + 16 <= width && !status; s += 16) {
             const __m512 x = _mm512_loadu_ps(row + s);
             count += __builtin_popcount((uint32_t)_mm512_cmp_ps_mask(x, hi_v, _CMP_GE_OQ));
-            uint32_t hits = (uint32_t)_mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(x, lo_v, _CMP_GE_OQ), x, hi_v,
-                                                              _CMP_LT_OQ);
-            while (hits) {
-                if (used - start == wide) { over = 1; break; }
-                if (used == cap) return i;
-                band[used++] = (int32_t)(s + __builtin_ctz(hits));
-                hits &= hits - 1;
-            }
+            status = keep(&k, (uint32_t)_mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(x, lo_v, _CMP_GE_OQ), x, hi_v,
+                                                                _CMP_LT_OQ), s);
         }
 #endif
-        for (; s < width && !over; s++) {
-            const float x = row[s];
-            count += x >= hi;
-            if (x >= lo && x < hi) {
-                if (used - start == wide) { over = 1; break; }
-                if (used == cap) return i;
-                band[used++] = (int32_t)s;
-            }
+        for (; s < width && !status; s++) {
+            count += row[s] >= hi;
+            status = keep(&k, row[s] >= lo && row[s] < hi, s);
         }
-        above[i] = over ? 0 : count;
-        band_start[i] = start;
-        band_count[i] = over ? -1 : used - start;
-        if (over) used = start;
+        if (status == 2) return i;
+        finish(&k, i, status, count, above, band_start, band_count);
     }
     return n;
 }
