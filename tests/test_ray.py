@@ -294,3 +294,21 @@ def test_options_are_checked_before_any_work(toy, tmp_path):
     done = runner.invoke(app, ["predict", "--strategy", "fs", "--data", str(toy.path), "--out",
                                str(tmp_path / "p.jsonl"), "--ray", "--hybrid", str(tmp_path)])
     assert done.exit_code == 1 and "--ray is not offered with --hybrid" in done.output
+
+
+def test_the_sweep_signals_a_pid_only_while_it_keeps_its_start_time():
+    """pids come round again (32,768 by default): a pid noted for one process must not kill the next one."""
+    from agentrec.llm.raypool import _start_time, kill_processes
+
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        started = _start_time(process.pid)
+        assert started
+        kill_processes({process.pid: str(int(started) - 1)}, grace_s=0.2)  # another process once had this pid
+        time.sleep(0.3)
+        assert process.poll() is None, "a process that only shares a noted pid was killed"
+        kill_processes({process.pid: started}, grace_s=5.0)
+        assert process.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        if process.poll() is None:
+            process.kill()

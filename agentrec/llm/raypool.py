@@ -543,22 +543,30 @@ def cluster_processes(token: str | None = None) -> dict[int, str]:
 
 
 def kill_processes(pids, *, grace_s: float = 3.0) -> None:
-    """SIGTERM, then SIGKILL after ``grace_s`` whatever is still there."""
-    pids = list(pids)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass
+    """SIGTERM, then SIGKILL after ``grace_s`` whatever is still there.
+
+    ``pids``: a pid -> start time mapping (as :func:`_start_time` gives it), or pids whose start time is read
+    now. Each signal goes only to the process that still has its start time: pids are few here (32,768 by
+    default) and come round again, and one freed by the SIGTERM may already belong to a new process (another
+    cluster starting) when the SIGKILL is due.
+    """
+    started = dict(pids) if isinstance(pids, dict) else {pid: _start_time(pid) for pid in pids}
+    started = {pid: start for pid, start in started.items() if start}
+
+    def signal_all(number):
+        for pid, start in started.items():
+            if _exists(pid) and _start_time(pid) == start:
+                try:
+                    os.kill(pid, number)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+    signal_all(signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(_exists(pid) for pid in pids):
+    while time.monotonic() < deadline and any(_exists(pid) and _start_time(pid) == start
+                                              for pid, start in started.items()):
         time.sleep(0.1)
-    for pid in pids:
-        if _exists(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+    signal_all(signal.SIGKILL)
 
 
 def _exists(pid: int) -> bool:
@@ -629,8 +637,7 @@ def reap(token: str) -> None:
     while True:
         family = _family(token)
         known.update(family)
-        # a noted process still running under the same start time (not a new one that reuses its pid)
-        kill_processes([pid for pid, start in known.items() if _start_time(pid) == start])
+        kill_processes(known)  # each only while it keeps its start time: not a new process that reuses its pid
         if time.monotonic() >= deadline:
             break
         time.sleep(0.5)
