@@ -66,6 +66,8 @@ logger = logging.getLogger(__name__)
 
 RAY_REQUIREMENT = "ray[data]==2.58.0"
 RAY_INSTALL = f"pip install -e '.[ray]'  (or: pip install '{RAY_REQUIREMENT}')"
+PUMP_JOIN_S = 30.0  # how long closing waits for the result reader of a job whose every result came back
+PUMP_JOIN_UNFINISHED_S = 3.0  # and of a job stopped early
 OWNER_ENV = "AGENTREC_RAY_OWNER"  # carried by every process of a local cluster that a pool starts
 SHOWN = 8  # tasks named in a message before "... and N more"
 
@@ -171,6 +173,7 @@ class RayPool:
         self._ray = None
         self._watcher: subprocess.Popen | None = None
         self._watcher_pipe: int | None = None
+        self._pumps: list[tuple[threading.Thread, threading.Event]] = []  # result readers, and "every result came"
 
     # ------------------------------------------------------------------------------------ start and stop
     def __enter__(self) -> RayPool:
@@ -234,7 +237,20 @@ class RayPool:
         logger.info("%s; logs in %s", self.config.describe(), self.log_dir)
 
     def close(self) -> None:
-        """Stop the local cluster (or leave the remote one), then let the watcher sweep what is left."""
+        """Stop the local cluster (or leave the remote one), then let the watcher sweep what is left.
+
+        The threads that read a job's results are given time to finish first (Ray Data winds the job's actors
+        down after the last result): Ray ends the whole process when a thread uses it after ``ray.shutdown``.
+        """
+        started = time.monotonic()
+        for reader, finished in self._pumps:
+            # a job whose every result came back ends by itself; one stopped early may wait on a hung actor
+            wait = PUMP_JOIN_S if finished.is_set() else PUMP_JOIN_UNFINISHED_S
+            reader.join(timeout=max(0.0, started + wait - time.monotonic()))
+            if reader.is_alive():  # a job stopped early (already reported) is expected to leave its reader waiting
+                (logger.warning if finished.is_set() else logger.debug)(
+                    "a Ray job's result reader is still running after %g s; stopping Ray anyway", wait)
+        self._pumps.clear()
         if self._ray is not None:
             try:
                 logging.getLogger("ray").setLevel(logging.CRITICAL)  # a stopped job's threads complain as they end
@@ -314,7 +330,10 @@ class RayPool:
             except BaseException as error:  # noqa: BLE001 -- handed to the driver's thread
                 arrivals.put(("error", None, error))
 
-        threading.Thread(target=pump, name="agentrec-ray-results", daemon=True).start()
+        reader = threading.Thread(target=pump, name="agentrec-ray-results", daemon=True)
+        finished = threading.Event()
+        self._pumps.append((reader, finished))
+        reader.start()
         pending = dict.fromkeys(range(len(rows)))  # insertion-ordered set
         try:
             while pending:
@@ -336,6 +355,8 @@ class RayPool:
                     raise RayJobError(f"{result.error} (actor {result.actor}); nothing of "
                                       f"{_brief(pending, labels)} was done", list(pending))
                 pending.pop(index, None)
+                if not pending:
+                    finished.set()
                 yield result
         finally:
             stopped.set()
