@@ -82,8 +82,9 @@ defined above, with the next items' rows prefetched). Without a C compiler (or w
 values as 16-bit integers, which order like the floats for a fixed sign; centring makes every ``lo``
 negative and every ``hi`` positive), the candidates of the block are found through its non-zero 8-byte
 words and checked against ``hi`` from their own values, and a row with thousands of candidates (a deep
-target) is compared with ``hi`` over the row instead. Both give the same ranks. With several ``threads`` each ranks whole chunks on its own, with one torch thread for its product
-(numpy and the C loops release the GIL).
+target) is compared with ``hi`` over the row instead. Both give the same ranks. With several ``threads``
+each ranks whole chunks on its own, with one torch thread for its product (numpy and the C loops release
+the GIL).
 """
 
 from __future__ import annotations
@@ -434,7 +435,7 @@ class _Scanner:
                           lo_key.ctypes.data, hi_key.ctypes.data, wide, above.ctypes.data, start.ctypes.data,
                           count.ctypes.data, self.band.ctypes.data, len(self.band))
             if stop <= done:
-                raise RuntimeError("the bf16 scan made no progress")  # cannot happen: the band holds `wide` + 1
+                raise RuntimeError("the C scan made no progress")  # cannot happen: the band holds `wide` + 1
             part = np.arange(done, stop)
             kept = part[count[part] > 0]  # the kept bands lie one after another at the start of `band`
             which.append(np.repeat(kept, count[kept]))
@@ -509,23 +510,12 @@ class _Scanner:
         at = part[row]
         sure = product.ge_entries(views, part[0], where, hi[at])
         above = np.bincount(row[sure], minlength=k)
-        rows_, items_ = [row[~sure]], [items[~sure]]
         live = np.flatnonzero(~is_deep)
-        if extra is not None:  # items outside the product: always scored
-            for j in live:
-                if len(extra[part[j]]):
-                    rows_.append(np.full(len(extra[part[j]]), j))
-                    items_.append(extra[part[j]])
-        rows_.append(live)  # each row's target last: the reference, scored in the same call
-        items_.append(targets[part[live]])
-        row, items = np.concatenate(rows_), np.concatenate(items_)
-        scores = self.exact.pairs(q64, part[row], items)
-        m = len(scores) - len(live)
-        reference = np.empty(k)
-        reference[live] = scores[m:]
-        not_below = np.bincount(row[:m], weights=~(scores[:m] < reference[row[:m]]), minlength=k)
-        ranks[live] = above[live] + not_below[live]
-        return ranks, rescored + m
+        position = np.full(k, -1)
+        position[live] = np.arange(len(live))
+        band = ~sure
+        ranks[live], count = self.decide(part[live], above[live], position[row[band]], items[band], q64, targets, extra)
+        return ranks, rescored + count
 
 
 # ---------------------------------------------------------------------------------------------- ranking
